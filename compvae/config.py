@@ -1,0 +1,241 @@
+"""Typed trial configuration.
+
+``TrialConfig`` is the single source of truth for what a trial runs with: the search samples
+into it, MLflow logs it, export writes it as YAML and ``compvae train`` reads it back. Every
+field is validated (``extra="forbid"`` catches typos) and ``to_yaml``/``from_yaml`` round-trip
+exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compvae.errors import ConfigError
+
+Resolution = Literal[32, 64, 128, 256]
+MaskingMode = Literal["none", "input", "loss", "both"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: Literal["shapes", "dsprites", "shapes3d", "images"] = "shapes"
+    path: str | None = Field(None, description="local file or folder for dsprites/shapes3d/images")
+    num_train: int = Field(8192, ge=64, description="images in the (fixed) training set; TC uses this N")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.name != "shapes" and not self.path:
+            raise ValueError(f"data.path is required for dataset '{self.name}': give the local file or folder")
+        return self
+
+
+class VAEConfig(_Section):
+    resolution: Resolution = 32
+    latent_dim: int = Field(10, ge=1, le=256)
+    width: int = Field(32, ge=4, le=512, description="channels of the first conv layer")
+    beta: float = Field(6.0, gt=0, le=10000)
+    recon: Literal["bernoulli", "gaussian"] = "bernoulli"
+    tc_estimator: Literal["mss", "mws"] = "mss"
+    lr: float = Field(5e-4, gt=0, le=1)
+    batch_size: int = Field(64, ge=2, le=4096)
+    epochs: int = Field(10, ge=0, le=100000)
+
+
+class ParentConfig(VAEConfig):
+    mode: Literal["frozen", "joint"] = "frozen"
+
+
+class MaskConfig(_Section):
+    latent: int | Literal["auto"] = "auto"
+    auto_by: Literal["kl", "mi"] = "mi"
+    delta: float = Field(0.2, gt=0, le=20)
+    delta_std: float = Field(0.0, ge=0, le=10)
+    threshold: float = Field(0.005, ge=0, le=1)
+    blur_sigma: float = Field(0.0, ge=0, le=16)
+    kind: Literal["hard", "soft"] = "hard"
+    nuisance: Literal["fixed", "randomized"] = "fixed"
+    nuisance_draws: int = Field(4, ge=1, le=64)
+    min_coverage: float = Field(0.002, ge=0, le=1, description="masks covering less are 'empty'")
+
+    @model_validator(mode="after")
+    def _latent_nonneg(self) -> MaskConfig:
+        if isinstance(self.latent, int) and self.latent < 0:
+            raise ValueError("mask.latent must be a latent index >= 0 or 'auto'")
+        return self
+
+
+class ChildConfig(VAEConfig):
+    resolution: Resolution = 64
+    beta: float = Field(4.0, gt=0, le=10000)
+    lr: float = Field(5e-4, gt=0, le=1)
+    masking_mode: MaskingMode = "loss"
+    outside_weight: float = Field(
+        0.0, ge=0, le=1, description="loss weight outside the mask in loss/both modes")
+    conditioning: bool = Field(False, description="pull the parent's focus latent toward the child (joint only)")
+
+
+class TrainConfig(_Section):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads; 0 = leave torch's default")
+
+
+class EvalConfig(_Section):
+    num_train: int = Field(10000, ge=10)
+    num_test: int = Field(5000, ge=10)
+    metrics: list[Literal["mig", "dci", "sap", "modularity", "factorvae", "betavae", "unsupervised"]] = Field(
+        default_factory=lambda: ["mig", "dci", "sap", "unsupervised"])
+    dci_estimator: Literal["fast", "faithful"] = "fast"
+    figures: bool = True
+    num_figure_images: int = Field(6, ge=1, le=64)
+
+
+class TrialConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    parent: ParentConfig = Field(default_factory=ParentConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    child: ChildConfig = Field(default_factory=ChildConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialConfig:
+        if self.child.resolution < self.parent.resolution:
+            raise ValueError(
+                f"child.resolution ({self.child.resolution}) must be >= parent.resolution "
+                f"({self.parent.resolution})")
+        if isinstance(self.mask.latent, int) and self.mask.latent >= self.parent.latent_dim:
+            raise ValueError(
+                f"mask.latent ({self.mask.latent}) must be < parent.latent_dim ({self.parent.latent_dim})")
+        if self.child.conditioning and self.parent.mode != "joint":
+            raise ValueError("child.conditioning needs parent.mode: joint (a frozen parent cannot be pulled)")
+        return self
+
+    # ---- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> TrialConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections (data, parent, mask, child, train, eval)")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrialConfig:
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted ``section.field`` -> value, e.g. for MLflow params."""
+        return flatten(self.to_dict())
+
+    def with_updates(self, dotted: dict[str, Any]) -> TrialConfig:
+        """A new, validated config with dotted-key overrides applied (what a search sample is)."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            set_dotted(data, key, value)
+        return TrialConfig.from_dict(data, source="overrides")
+
+
+# ---- helpers shared by the trial CLI and the search spaces ----------------------------------
+def load_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found; give the path of an existing YAML file")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid syntax"
+        raise ConfigError(f"{p}: broken YAML{where}: {problem}; fix the syntax") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """First pydantic error as 'field.path: message (got value)'."""
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field; remove it or check its spelling"
+    got = err.get("input")
+    got_s = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{loc}: {msg}{got_s}" if loc else f"{msg}{got_s}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = data
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"{key}: '{p}' is not a section")
+    cur[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ---- presets ------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, 2 cores: a whole trial in about a minute.
+    "quick": {
+        "data": {"name": "shapes", "num_train": 8192},
+        "parent": {"resolution": 32, "latent_dim": 8, "beta": 4.0, "epochs": 8, "batch_size": 64, "lr": 1e-3},
+        "mask": {"latent": "auto", "delta": 1.0, "threshold": 0.02, "blur_sigma": 1.0},
+        "child": {"resolution": 64, "latent_dim": 8, "beta": 4.0, "epochs": 4, "batch_size": 64, "lr": 1e-3,
+                  "masking_mode": "loss"},
+        "train": {"seed": 0, "device": "auto"},
+        "eval": {"num_train": 2000, "num_test": 1000, "metrics": ["mig", "dci", "unsupervised"],
+                 "num_figure_images": 6},
+    },
+    # GPU: the original work's scale (parent 64 px, child 256 px, batch 32).
+    "paper": {
+        "data": {"name": "shapes", "num_train": 200000},
+        "parent": {"resolution": 64, "latent_dim": 10, "beta": 25.0, "epochs": 16, "batch_size": 32, "lr": 5e-4},
+        "mask": {"latent": "auto", "delta": 0.2, "delta_std": 0.05, "threshold": 0.005, "blur_sigma": 1.0},
+        "child": {"resolution": 256, "latent_dim": 10, "beta": 500.0, "epochs": 16, "batch_size": 32, "lr": 1e-4,
+                  "masking_mode": "both"},
+        "train": {"seed": 0, "device": "auto", "amp": True},
+        "eval": {"num_train": 10000, "num_test": 5000,
+                 "metrics": ["mig", "dci", "sap", "factorvae", "unsupervised"]},
+    },
+}
+
+
+def preset(name: str) -> TrialConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    return TrialConfig.from_dict(PRESETS[name], source=f"preset {name}")

@@ -1,0 +1,35 @@
+"""Datasets with ground-truth factors, all behind :class:`GroundTruthData`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compvae.data.base import GroundTruthData
+from compvae.errors import ConfigError
+
+
+def get_dataset(name: str, **options: Any) -> GroundTruthData:
+    """Build a dataset by name: ``shapes`` (procedural, default), ``dsprites``, ``shapes3d``, ``images``.
+
+    File-backed datasets take ``path``; every dataset takes ``resolution``.
+    """
+    if name == "shapes":
+        from compvae.data.shapes import Shapes
+
+        return Shapes(**options)
+    if name == "dsprites":
+        from compvae.data.dsprites import DSprites
+
+        return DSprites(**options)
+    if name == "shapes3d":
+        from compvae.data.shapes3d import Shapes3D
+
+        return Shapes3D(**options)
+    if name == "images":
+        from compvae.data.images import ImageFiles
+
+        return ImageFiles(**options)
+    raise ConfigError(f"data.name: unknown dataset '{name}'; choose shapes, dsprites, shapes3d or images")
+
+
+__all__ = ["GroundTruthData", "get_dataset"]
