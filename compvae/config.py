@@ -75,6 +75,7 @@ class ChildConfig(VAEConfig):
     resolution: Resolution = 64
     beta: float = Field(4.0, gt=0, le=10000)
     lr: float = Field(5e-4, gt=0, le=1)
+    epochs: int = Field(4, ge=1, le=100000, description="child epochs: the step ASHA counts")
     masking_mode: MaskingMode = "loss"
     outside_weight: float = Field(
         0.0, ge=0, le=1, description="loss weight outside the mask in loss/both modes")

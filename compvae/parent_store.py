@@ -1,0 +1,105 @@
+"""A store of trained parents shared by the trials of a search.
+
+Most searched knobs (mask threshold, blur, delta, masking mode, child beta) leave the parent
+unchanged, so each distinct parent is trained once and reused. A parent's identity is a
+content hash of everything that determines its weights: the parent and data sections, the
+seed, AMP, and the source of the code that trains it.
+
+Concurrency: one lock file per parent, held with a POSIX ``lockf`` lock while it trains. A
+second trial needing the same parent blocks on the lock and then finds it finished. The OS
+drops the lock when its holder dies, so a crashed trainer never wedges the search; its
+partial work (``<key>.partial/parent_trainer.pt``) lets the next claimant resume rather than
+restart. POSIX locks also work on NFS-style shared storage that a Ray cluster would use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from compvae import __version__
+from compvae.config import TrialConfig
+
+_PACKAGE = Path(__file__).resolve().parent
+# Source that determines a trained parent's weights (not metrics, masks or the child).
+_MODEL_SOURCES = ("models", "losses", "training", "data", "trial.py", "config.py")
+
+
+def _code_fingerprint() -> str:
+    h = hashlib.sha256(__version__.encode())
+    for name in _MODEL_SOURCES:
+        p = _PACKAGE / name
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.relative_to(_PACKAGE).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def parent_identity(cfg: TrialConfig) -> dict:
+    """Everything that determines the trained parent's weights."""
+    return {
+        "parent": cfg.parent.model_dump(mode="json"),
+        "data": cfg.data.model_dump(mode="json"),
+        "seed": cfg.train.seed,
+        "amp": cfg.train.amp,
+        "code": _code_fingerprint(),
+    }
+
+
+def parent_key(cfg: TrialConfig) -> str:
+    blob = json.dumps(parent_identity(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ParentStore:
+    """Directory of finished parents: ``<root>/<key>/parent.pt`` plus a ``DONE`` marker."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def has(self, key: str) -> bool:
+        return (self.path(key) / "DONE").exists()
+
+    def get_or_train(
+        self, key: str, train_into: Callable[[Path], None], log: Callable[[str], None] = lambda s: None
+    ) -> tuple[Path, bool]:
+        """Return (directory of the finished parent, reused?). Trains it via
+        ``train_into(partial_dir)`` if nobody has; waits if another process is training it."""
+        final = self.path(key)
+        if self.has(key):
+            log(f"parent {key} reused from {self.root}")
+            return final, True
+        lock_path = self.root / f"{key}.lock"
+        with open(lock_path, "a+") as lock:
+            t0 = time.perf_counter()
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log(f"parent {key} is being trained by another trial; waiting")
+                fcntl.lockf(lock, fcntl.LOCK_EX)
+                log(f"parent {key} ready after {time.perf_counter() - t0:.0f}s wait")
+            try:
+                if self.has(key):
+                    return final, True
+                partial = self.root / f"{key}.partial"
+                partial.mkdir(exist_ok=True)
+                log(f"parent {key} training (store {self.root})")
+                train_into(partial)
+                (partial / "DONE").write_text(json.dumps({"finished": time.time()}))
+                if final.exists():  # a stale, unfinished directory from an older layout
+                    shutil.rmtree(final)
+                os.replace(partial, final)
+                return final, False
+            finally:
+                fcntl.lockf(lock, fcntl.LOCK_UN)
