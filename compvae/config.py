@@ -222,9 +222,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"num_train": 2000, "num_test": 1000, "metrics": ["mig", "dci", "unsupervised"],
                  "num_figure_images": 6},
     },
+    # Smoke tests and CI: a whole trial in seconds (numbers are not meaningful).
+    "tiny": {
+        "data": {"name": "shapes", "num_train": 256},
+        "parent": {"resolution": 32, "latent_dim": 4, "width": 8, "epochs": 1, "batch_size": 32, "lr": 1e-3},
+        "mask": {"latent": 0, "delta": 2.0, "threshold": 0.0, "blur_sigma": 0.0, "min_coverage": 0.0},
+        "child": {"resolution": 32, "latent_dim": 4, "width": 8, "epochs": 2, "batch_size": 32, "lr": 1e-3},
+        "train": {"seed": 0, "device": "cpu"},
+        "eval": {"num_train": 200, "num_test": 100, "metrics": ["mig"], "figures": False},
+    },
     # GPU: the original work's scale (parent 64 px, child 256 px, batch 32).
     "paper": {
-        "data": {"name": "shapes", "num_train": 200000},
+        "data": {"name": "shapes", "num_train": 50000},
         "parent": {"resolution": 64, "latent_dim": 10, "beta": 25.0, "epochs": 16, "batch_size": 32, "lr": 5e-4},
         "mask": {"latent": "auto", "delta": 0.2, "delta_std": 0.05, "threshold": 0.005, "blur_sigma": 1.0},
         "child": {"resolution": 256, "latent_dim": 10, "beta": 500.0, "epochs": 16, "batch_size": 32, "lr": 1e-4,
