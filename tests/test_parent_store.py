@@ -1,0 +1,74 @@
+"""ParentStore: one trainer per parent across processes, waiters reuse, a crash frees the claim."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+from compvae.config import preset
+from compvae.parent_store import ParentStore, parent_key
+
+
+def _claim(root: str, key: str, log_path: str, hold: float, crash: bool) -> None:
+    store = ParentStore(root)
+
+    def train_into(d: Path) -> None:
+        with open(log_path, "a") as f:
+            f.write(f"train {os.getpid()}\n")
+        previous = (d / "progress").read_text() if (d / "progress").exists() else ""
+        (d / "progress").write_text(previous + "x")
+        time.sleep(hold)
+        if crash:
+            os._exit(3)  # die holding the lock, mid-training
+        (d / "parent.pt").write_text("weights")
+
+    path, reused = store.get_or_train(key, train_into)
+    with open(log_path, "a") as f:
+        f.write(f"{'reused' if reused else 'trained'} {path.name}\n")
+
+
+def _run(*procs: mp.Process) -> None:
+    for p in procs:
+        p.start()
+        time.sleep(0.2)
+    for p in procs:
+        p.join(60)
+
+
+def test_concurrent_claims_train_exactly_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    log = tmp_path / "log"
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path / "store"), "k1", str(log), 1.5, False))
+             for _ in range(3)]
+    _run(*procs)
+    lines = log.read_text().splitlines()
+    assert sum(line.startswith("train ") for line in lines) == 1
+    assert sorted(line.split()[0] for line in lines if not line.startswith("train ")) == [
+        "reused", "reused", "trained"]
+    assert (tmp_path / "store" / "k1" / "parent.pt").read_text() == "weights"
+
+
+def test_crash_while_training_releases_the_claim_and_partial_work_is_kept(tmp_path):
+    ctx = mp.get_context("spawn")
+    log = tmp_path / "log"
+    crasher = ctx.Process(target=_claim, args=(str(tmp_path / "store"), "k2", str(log), 1.0, True))
+    waiter = ctx.Process(target=_claim, args=(str(tmp_path / "store"), "k2", str(log), 0.0, False))
+    _run(crasher, waiter)
+    assert crasher.exitcode == 3 and waiter.exitcode == 0
+    lines = log.read_text().splitlines()
+    assert sum(line.startswith("train ") for line in lines) == 2  # the waiter took over
+    assert lines[-1] == "trained k2"
+    # the second claimant saw the first one's partial progress (resume, not restart)
+    assert (tmp_path / "store" / "k2" / "progress").read_text() == "xx"
+
+
+def test_parent_key_ignores_mask_and_child_knobs_but_not_parent_ones():
+    base = preset("quick")
+    same = base.with_updates({"mask.threshold": 0.3, "mask.blur_sigma": 2.0, "child.beta": 9.0,
+                              "child.masking_mode": "both", "eval.num_train": 100})
+    assert parent_key(same) == parent_key(base)
+    assert parent_key(base.with_updates({"parent.beta": 7.0})) != parent_key(base)
+    assert parent_key(base.with_updates({"train.seed": 1})) != parent_key(base)
+    assert parent_key(base.with_updates({"data.num_train": 1024})) != parent_key(base)

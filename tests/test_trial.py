@@ -1,0 +1,147 @@
+"""run_trial end to end on tiny budgets: every masking mode, both parent modes, hard/soft
+masks, both nuisance modes, the empty-mask path, resume and exact reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compvae.child import child_target_and_weight, conditioning_gamma, conditioning_kl
+from compvae.cli import main as cli_main
+from compvae.config import ChildConfig, preset
+from compvae.masks import EmptyMaskError
+from compvae.trial import run_trial
+
+
+def tiny(**updates):
+    return preset("tiny").with_updates(updates)
+
+
+@pytest.mark.parametrize("mode", ["none", "input", "loss", "both"])
+def test_every_masking_mode_trains_reports_and_evaluates(mode, tmp_path):
+    reports: list[tuple[int, dict]] = []
+    cfg = tiny(**{"child.masking_mode": mode, "eval.figures": True, "eval.num_figure_images": 3})
+    metrics = run_trial(cfg, report=lambda m, e: reports.append((e, m)), out_dir=tmp_path)
+    assert [e for e, _ in reports] == [1, 2]
+    assert reports[-1][1]["epoch"] == 2.0
+    for key in ("parent/recon_error", "parent/mig", "mask/coverage", "mask/iou", "child/recon_error",
+                "child/masked_recon_error", "child/mig", "child/mig_fine", "parent/reused"):
+        assert key in metrics, key
+    assert 0.0 < metrics["mask/coverage"] <= 1.0
+    assert 0.0 <= metrics["mask/iou"] <= 1.0
+    assert metrics["parent/reused"] == 0.0
+    weights = torch.load(tmp_path / "child.pt")
+    first_conv = next(v for k, v in weights.items() if v.ndim == 4)
+    assert first_conv.shape[1] == (2 if mode in ("input", "both") else 1)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["child/recon_error"] == pytest.approx(metrics["child/recon_error"])
+    assert "trial_seconds" not in saved  # timings live in timings.json
+    assert {p.name for p in (tmp_path / "figures").glob("*.png")} >= {
+        "mask_pipeline.png", "parent_traversal.png", "child_traversal.png", "child_reconstructions.png"}
+
+
+def test_loss_weight_follows_mode():
+    x = torch.rand(2, 1, 4, 4)
+    m = torch.zeros(2, 1, 4, 4)
+    m[:, :, :2] = 1.0
+    for mode, channels, weighted in [("none", 1, False), ("input", 2, False), ("loss", 1, True), ("both", 2, True)]:
+        target, weight = child_target_and_weight(x, m, ChildConfig(masking_mode=mode, outside_weight=0.25))
+        assert target.shape[1] == channels
+        assert (weight is not None) == weighted
+        if weighted:
+            assert weight[:, 0, :2].eq(1.0).all() and weight[:, 0, 2:].eq(0.25).all()
+            if mode == "both":
+                assert weight[:, 1].eq(1.0).all()  # the mask channel itself is reconstructed unweighted
+
+
+def test_soft_and_randomized_masks_differ_from_hard_fixed():
+    hard = run_trial(tiny(**{"mask.threshold": 0.01}))
+    soft = run_trial(tiny(**{"mask.threshold": 0.01, "mask.kind": "soft"}))
+    rand = run_trial(tiny(**{"mask.threshold": 0.01, "mask.nuisance": "randomized", "mask.nuisance_draws": 3,
+                            "mask.delta_std": 0.5}))
+    for m in (hard, soft, rand):
+        assert 0.0 < m["mask/coverage"] <= 1.0
+    # a soft mask is the hard one scaled into [0, 1]: never more coverage
+    assert soft["mask/coverage"] < hard["mask/coverage"]
+    assert rand["mask/coverage"] != hard["mask/coverage"]
+
+
+def test_empty_mask_is_detected_not_trained_on():
+    with pytest.raises(EmptyMaskError, match="latent 0"):
+        run_trial(tiny(**{"mask.threshold": 1.0, "mask.min_coverage": 0.01}))
+
+
+def test_joint_parent_keeps_training_and_frozen_does_not(tmp_path):
+    frozen_dir, joint_dir = tmp_path / "frozen", tmp_path / "joint"
+    run_trial(tiny(), checkpoint_dir=frozen_dir / "ck", out_dir=frozen_dir)
+    run_trial(tiny(**{"parent.mode": "joint"}), checkpoint_dir=joint_dir / "ck", out_dir=joint_dir)
+    # both pretrain the same parent; only the joint one changes it while the child trains
+    pre_f = torch.load(frozen_dir / "ck" / "parent.pt")
+    pre_j = torch.load(joint_dir / "ck" / "parent.pt")
+    end_f = torch.load(frozen_dir / "parent.pt")
+    end_j = torch.load(joint_dir / "parent.pt")
+    assert all(torch.equal(pre_f[k], pre_j[k]) for k in pre_f)
+    assert all(torch.equal(pre_f[k], end_f[k]) for k in pre_f)
+    assert any(not torch.equal(pre_j[k], end_j[k]) for k in pre_j)
+
+
+def test_conditioning_schedule_and_kl():
+    assert conditioning_gamma(0) == 0.0
+    assert conditioning_gamma(10000) == 0.0
+    assert conditioning_gamma(25000) == pytest.approx(0.5)
+    assert conditioning_gamma(10**6) == 0.75
+    mu = torch.zeros(3, 2)
+    lv = torch.zeros(3, 2)
+    assert conditioning_kl(mu, lv, torch.zeros(3, 4), torch.zeros(3, 4), latent=1).item() == pytest.approx(0.0)
+    # KL(N(1,1) || N(0,1)) = 0.5
+    assert conditioning_kl(mu + 1, lv, torch.zeros(3, 4), torch.zeros(3, 4), latent=0).item() == pytest.approx(0.5)
+    run_trial(tiny(**{"parent.mode": "joint", "child.conditioning": True}))
+
+
+def test_interrupted_trial_resumes_to_identical_metrics(tmp_path):
+    cfg = tiny(**{"child.epochs": 3})
+    straight = run_trial(cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics, epoch):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(cfg, report=stop_after_first, checkpoint_dir=tmp_path)
+    assert (tmp_path / "child_trainer.pt").exists() and (tmp_path / "parent.pt").exists()
+    epochs = []
+    resumed = run_trial(cfg, report=lambda m, e: epochs.append(e), checkpoint_dir=tmp_path)
+    assert epochs == [2, 3]
+    for key, value in straight.items():
+        if not key.endswith("_seconds"):
+            assert resumed[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_cli_train_reproduces_its_own_config(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli_main(["train", "--preset", "tiny", "--quiet", "--out", str(a)]) == 0
+    assert cli_main(["train", str(a / "config.yaml"), "--quiet", "--out", str(b)]) == 0
+    assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
+    assert not (a / "checkpoint").exists()
+    # a finished run is never overwritten
+    assert cli_main(["train", "--preset", "tiny", "--out", str(a)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mask:\n  blur_sigma: -2\n")
+    assert cli_main(["train", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mask.blur_sigma" in err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+    assert cli_main(["train", "--preset", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert cli_main(["train", "--preset", "tiny", "--set", "child.masking_mode=sideways",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "child.masking_mode" in capsys.readouterr().err
