@@ -1,0 +1,253 @@
+"""Figures a trial writes next to its metrics: mask pipeline, latent traversals, reconstructions.
+
+Numbers alone do not tell whether a mask isolates the object or a latent means anything; one
+look at these PNGs does. Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas
+directly, never through ``pyplot`` (so importing this module does not switch a notebook's
+global backend either): nothing is registered in pyplot's global figure list, so
+figures cannot leak across thousands of trials in a search and this works in Ray workers with
+no display. Every function saves a PNG (creating the folder) and returns its path.
+
+Layout is a fixed grid of ``CELL`` inch panels plus fixed margins (``figure_size``), saved
+without ``bbox_inches="tight"``, so a figure's pixel size is predictable from its rows and
+columns. Images with 1 channel are drawn in gray, with 3 in RGB. Model outputs with extra
+channels (a child that also reconstructs its mask: 2 = gray + mask, 4 = RGB + mask, 6 = RGB +
+RGB mask) are drawn from their image channels only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from compvae.masks import MaskSteps, eval_mode, module_device
+
+__all__ = [
+    "CELL",
+    "DPI",
+    "figure_size",
+    "image_channels_for",
+    "mask_pipeline_figure",
+    "reconstruction_figure",
+    "traversal_figure",
+]
+
+CELL = 1.25  #: inches per image panel
+DPI = 100
+LEFT = 0.9  #: inches for row labels
+TOP = 0.75  #: inches for the title and column titles
+RIGHT = 0.1
+BOTTOM = 0.1
+OVERLAY_RGB = (1.0, 0.15, 0.1)  #: mask overlay colour (red reads on gray and on most RGB)
+OVERLAY_ALPHA = 0.55
+
+
+def figure_size(rows: int, cols: int) -> tuple[float, float]:
+    """``(width, height)`` in inches of a ``rows x cols`` panel grid with this module's margins."""
+    return LEFT + cols * CELL + RIGHT, TOP + rows * CELL + BOTTOM
+
+
+def image_channels_for(channels: int) -> int:
+    """How many leading channels of a ``channels``-channel tensor are the image (1 or 3).
+
+    1 or 2 channels -> gray (2 = gray image + mask); 3 or more -> RGB (4 = RGB + mask,
+    6 = RGB + 3-channel mask as in the original child).
+    """
+    if channels < 1:
+        raise ValueError(f"need at least one channel, got {channels}")
+    return 1 if channels < 3 else 3
+
+
+def _np(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
+
+
+def _grid(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
+    """A Figure (Agg canvas, not registered with pyplot) with a rows x cols grid of axes."""
+    w, h = figure_size(rows, cols)
+    fig = Figure(figsize=(w, h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    fig.subplots_adjust(left=LEFT / w, right=1 - RIGHT / w, top=1 - TOP / h, bottom=BOTTOM / h,
+                        wspace=0.06, hspace=0.06)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=DPI, format="png")
+    fig.clear()
+    return p
+
+
+def _show_image(ax: Axes, img: np.ndarray, image_channels: int | None = None) -> None:
+    """Draw a ``(C, H, W)`` array in [0, 1]: gray for 1 image channel, RGB for 3."""
+    c = image_channels or image_channels_for(img.shape[0])
+    if c == 1:
+        ax.imshow(np.clip(img[0], 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                  extent=(0, 1, 1, 0))
+    else:
+        ax.imshow(np.clip(img[:3].transpose(1, 2, 0), 0, 1), interpolation="nearest",
+                  extent=(0, 1, 1, 0))
+
+
+def _show_map(ax: Axes, m: np.ndarray, cmap: str, vmax: float | None = None) -> None:
+    """A single-channel map (difference, mask) with a fixed [0, vmax] colour scale."""
+    top = float(m.max()) if vmax is None else vmax
+    ax.imshow(m, cmap=cmap, vmin=0, vmax=max(top, 1e-12), interpolation="nearest", extent=(0, 1, 1, 0))
+
+
+def _overlay(ax: Axes, img: np.ndarray, mask: np.ndarray, image_channels: int | None = None) -> None:
+    """Mask drawn in translucent red over the image; both fill the panel whatever their sizes."""
+    _show_image(ax, img, image_channels)
+    rgba = np.zeros(mask.shape + (4,), dtype=np.float32)
+    rgba[..., :3] = OVERLAY_RGB
+    rgba[..., 3] = OVERLAY_ALPHA * np.clip(mask, 0, 1)
+    ax.imshow(rgba, interpolation="nearest", extent=(0, 1, 1, 0))
+
+
+# ---- mask pipeline -----------------------------------------------------------------------------
+def mask_pipeline_figure(steps: MaskSteps, images: Tensor | np.ndarray, path: str | Path, n: int = 6,
+                         overlay_images: Tensor | np.ndarray | None = None) -> Path:
+    """One row per image: image, the two decodes, |difference|, blurred, mask, overlay.
+
+    The difference and blurred panels share one colour scale per row (the row's largest
+    difference), and the blurred panel outlines the threshold level in cyan, so one can see
+    why a pixel made it into the mask. The overlay uses ``overlay_images`` (the child-resolution
+    images the child will see) when given, otherwise the parent-resolution images.
+    """
+    img = _np(images)
+    rows = min(n, img.shape[0], steps.mask.shape[0])
+    if rows < 1:
+        raise ValueError("no images to draw")
+    img_c = image_channels_for(img.shape[1])
+    over = _np(overlay_images) if overlay_images is not None else img
+    minus, plus = _np(steps.decoded_minus), _np(steps.decoded_plus)
+    diff, blurred, mask = _np(steps.difference), _np(steps.blurred), _np(steps.mask)
+    sigma = f"σ={steps.blur_sigma:g}" if steps.blur_sigma > 0 else "no blur"
+    k = steps.latent if steps.latent >= 0 else "k"
+    titles = ["image", f"decode μ − δ/2·e_{k}", f"decode μ + δ/2·e_{k}", "|difference|",
+              f"blurred ({sigma})", f"{steps.kind} mask", "overlay"]
+    fig, axes = _grid(rows, len(titles))
+    for j, t in enumerate(titles):
+        axes[0, j].set_title(t, fontsize=8)
+    for i in range(rows):
+        ax = axes[i]
+        _show_image(ax[0], img[i], img_c)
+        _show_image(ax[1], minus[i], img_c)
+        _show_image(ax[2], plus[i], img_c)
+        scale = float(max(diff[i].max(), blurred[i].max()))
+        _show_map(ax[3], diff[i, 0], "magma", scale)
+        _show_map(ax[4], blurred[i, 0], "magma", scale)
+        t = steps.threshold
+        b = blurred[i, 0]
+        if np.isfinite(t) and b.min() < t < b.max():
+            h, w = b.shape
+            ax[4].contour((np.arange(w) + 0.5) / w, (np.arange(h) + 0.5) / h, b, levels=[t],
+                          colors="cyan", linewidths=0.8)
+        _show_map(ax[5], mask[i, 0], "gray", 1.0)
+        _overlay(ax[6], over[i], mask[i, 0], img_c)
+        cov = float(mask[i, 0].mean())
+        ax[0].set_ylabel(f"#{i}\ncover {cov:.1%}\nmax|Δ| {diff[i].max():.2g}", fontsize=7)
+    fig.suptitle(f"mask for latent {steps.latent}: δ = {steps.delta:.3g}, threshold = {steps.threshold:.3g}, "
+                 f"nuisance {steps.nuisance}", fontsize=9)
+    return _save(fig, path)
+
+
+# ---- traversals --------------------------------------------------------------------------------
+def traversal_figure(model: nn.Module, images_or_mu: Tensor | np.ndarray, path: str | Path,
+                     latents: Sequence[int] | None = None, span: float = 2.5, steps: int = 9,
+                     kl_per_latent: Tensor | np.ndarray | Sequence[float] | None = None, *,
+                     image_channels: int | None = None) -> Path:
+    """Rows = latents, columns = offsets ``-span..span`` from one reference posterior mean.
+
+    ``images_or_mu``: images ``(B, C, R, R)`` (encoded; the first image's posterior mean is the
+    reference) or means ``(B, D)``/``(D,)`` (the first row is the reference). With
+    ``kl_per_latent`` the rows are sorted by decreasing KL and the KL is printed in the row
+    label, so informative latents come first and collapsed ones are visibly collapsed.
+    ``image_channels`` (1 or 3) overrides which decoder channels are the image; by default it
+    is the images' channel count, or inferred from the decoder's output (2 or 4 = image +
+    mask). Decoding runs in eval mode without gradients; the model's mode is restored.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    x = torch.as_tensor(images_or_mu)
+    device = module_device(model)
+    with torch.no_grad(), eval_mode(model):
+        if x.ndim == 4:
+            if image_channels is None:
+                image_channels = image_channels_for(x.shape[1])
+            xf = x[:1].float() / 255.0 if not x.is_floating_point() else x[:1].float()
+            mu_ref = model.encode(xf.to(device))[0][0].float()
+        elif x.ndim in (1, 2):
+            mu_ref = (x if x.ndim == 1 else x[0]).float().to(device)
+        else:
+            raise ValueError(f"images_or_mu must be (B, C, R, R), (B, D) or (D,), got {tuple(x.shape)}")
+        dim = mu_ref.shape[0]
+        rows = list(range(dim)) if latents is None else [int(k) for k in latents]
+        if any(not 0 <= k < dim for k in rows) or not rows:
+            raise ValueError(f"latents {rows} out of range for {dim} latents")
+        kl = None
+        if kl_per_latent is not None:
+            kl = _np(torch.as_tensor(kl_per_latent)).reshape(-1)
+            rows.sort(key=lambda k: -float(kl[k]))
+        offsets = torch.linspace(-span, span, steps, device=device)
+        z = mu_ref.repeat(len(rows) * steps, 1)
+        for r, k in enumerate(rows):
+            z[r * steps:(r + 1) * steps, k] += offsets
+        out = torch.sigmoid(model.decode(z).float()).cpu().numpy()
+    c = image_channels or image_channels_for(out.shape[1])
+    fig, axes = _grid(len(rows), steps)
+    for j, v in enumerate(offsets.tolist()):
+        axes[0, j].set_title(f"{v:+.2g}", fontsize=8)
+    for r, k in enumerate(rows):
+        for j in range(steps):
+            _show_image(axes[r, j], out[r * steps + j], c)
+        label = f"z{k}" if kl is None else f"z{k}\nKL {float(kl[k]):.2f}"
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(f"latent traversals: offsets from the reference posterior mean (span ±{span:g})",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+# ---- reconstructions ---------------------------------------------------------------------------
+def reconstruction_figure(images: Tensor | np.ndarray, reconstructions: Tensor | np.ndarray,
+                          path: str | Path, masks: Tensor | np.ndarray | None = None, n: int = 8,
+                          *, from_logits: bool = False) -> Path:
+    """Originals (top row) over reconstructions (second row), and masks if given (third row).
+
+    ``reconstructions`` are probabilities in [0, 1]; pass decoder logits with
+    ``from_logits=True`` (guessing would silently mis-draw one or the other). Reconstructions
+    with more channels than ``images`` (a child that reconstructs its mask too) are drawn from
+    the image channels. Masks may be at another resolution; each fills its panel.
+    """
+    img = _np(images)
+    rec_t = torch.as_tensor(reconstructions).detach().float()
+    rec = _np(torch.sigmoid(rec_t) if from_logits else rec_t)
+    cols = min(n, img.shape[0], rec.shape[0])
+    if cols < 1:
+        raise ValueError("no images to draw")
+    c = image_channels_for(img.shape[1])
+    labels = ["original", "reconstruction"] + (["mask"] if masks is not None else [])
+    fig, axes = _grid(len(labels), cols)
+    m = _np(masks) if masks is not None else None
+    for j in range(cols):
+        _show_image(axes[0, j], img[j], c)
+        _show_image(axes[1, j], rec[j], c)
+        if m is not None:
+            _show_map(axes[2, j], m[j, 0], "gray", 1.0)
+        axes[0, j].set_title(f"#{j}", fontsize=8)
+    for r, label in enumerate(labels):
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle("reconstructions", fontsize=9)
+    return _save(fig, path)
