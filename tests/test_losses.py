@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,6 +19,15 @@ from compvae.losses import (
     total_correlation,
 )
 from compvae.models import VAEOutput
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors run fastest on one thread; on a busy 2-core machine extra threads spin-wait."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _narrow_separated(batch: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
