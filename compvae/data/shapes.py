@@ -32,7 +32,7 @@ inscribed disc.
 
 Rendering is vectorised numpy float32: every per-pixel quantity is a sum of a row term and a
 column term (broadcast, so only a handful of full-size operations per pixel), in chunks of about
-a million pixels to bound memory. Roughly 0.1 us per pixel on one core.
+a million pixels to bound memory: about 0.4 s for 4096 images at 64 px on one core.
 """
 
 from __future__ import annotations
