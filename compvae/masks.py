@@ -137,6 +137,17 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
+def _full_precision(device: torch.device) -> torch.autocast:
+    """Disable autocast for the parent's passes.
+
+    A mask thresholds differences of a few thousandths between two decodes (the original
+    default threshold is 0.005); half-precision rounding of the logits is of that order, so
+    masks computed inside an AMP training step would flicker. The parent's passes are small
+    next to training, so they always run in float32.
+    """
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def _as_float_images(images: Tensor | np.ndarray) -> Tensor:
     """Float32 ``(B, C, R, R)``; uint8 input (how the trainer stores data) is scaled to [0, 1]."""
     x = torch.as_tensor(images)
@@ -153,7 +164,7 @@ def encode_means(parent: nn.Module, images: Tensor | np.ndarray,
     x = _as_float_images(images)
     device = module_device(parent, x.device)
     mus, logvars = [], []
-    with torch.no_grad(), eval_mode(parent):
+    with torch.no_grad(), eval_mode(parent), _full_precision(device):
         for start in range(0, x.shape[0], chunk_size):
             mu, logvar = parent.encode(x[start:start + chunk_size].to(device))
             mus.append(mu.float())
@@ -341,7 +352,7 @@ def make_masks(
     step = torch.zeros(dim, device=device)
     step[latent] = d / 2.0
     masks_out, diffs_out, blurred_out, minus_out, plus_out = [], [], [], [], []
-    with torch.no_grad(), eval_mode(parent):
+    with torch.no_grad(), eval_mode(parent), _full_precision(device):
         for start in range(0, batch, chunk_size):
             sl = slice(start, start + chunk_size)
             own_k = mu_all[sl, latent]

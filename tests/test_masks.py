@@ -460,8 +460,25 @@ def test_real_vae_shapes_and_device() -> None:
                       delta_std=0.5, out_resolution=64, generator=torch.Generator().manual_seed(0))
     assert soft.shape == (5, 1, 64, 64) and 0.0 <= float(soft.min()) <= float(soft.max()) <= 1.0
     assert latent_kl(vae, x).shape == (6,)
+    # inside an AMP step the VAE's own outputs change, the masks do not (parent runs in fp32)
+    vae.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = vae.decode(vae.encode(x)[0]).float()
+        amp_mask = make_masks(vae, x, 2, 2.0, 0.001, kind="soft")
+    with torch.no_grad():
+        assert not torch.equal(low, vae.decode(vae.encode(x)[0]))
+    torch.testing.assert_close(amp_mask, make_masks(vae, x, 2, 2.0, 0.001, kind="soft"))
     assert 0 <= choose_latent(vae, x, factors=np.arange(5)[:, None], by="mi") < 6
     if torch.cuda.is_available():
         vae.cuda()
         m = make_masks(vae, x, 2, 2.0, 0.0, out_resolution=64)
         assert m.device == x.device and m.shape == (5, 1, 64, 64)
+
+
+def test_masks_ignore_an_enclosing_autocast(parent: BlobParent, images: Tensor) -> None:
+    # an AMP training step (joint mode) calls make_masks inside autocast: masks stay float32-exact
+    ref = make_masks(parent, images, 0, 0.5, 0.02, kind="soft")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = make_masks(parent, images, 0, 0.5, 0.02, kind="soft")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
