@@ -64,8 +64,12 @@ def image_channels_for(channels: int) -> int:
     return 1 if channels < 3 else 3
 
 
-def _np(x: Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
+def _np(x: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    """Float32 numpy copy; uint8 (how the trainer stores images and masks) is scaled to [0, 1]."""
+    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    return a.astype(np.float32)
 
 
 def _grid(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
@@ -232,8 +236,9 @@ def reconstruction_figure(images: Tensor | np.ndarray, reconstructions: Tensor |
     the image channels. Masks may be at another resolution; each fills its panel.
     """
     img = _np(images)
-    rec_t = torch.as_tensor(reconstructions).detach().float()
-    rec = _np(torch.sigmoid(rec_t) if from_logits else rec_t)
+    rec = _np(reconstructions)
+    if from_logits:
+        rec = torch.sigmoid(torch.from_numpy(rec)).numpy()
     cols = min(n, img.shape[0], rec.shape[0])
     if cols < 1:
         raise ValueError("no images to draw")

@@ -148,3 +148,11 @@ def test_no_pyplot_figures_leak(tmp_path: Path) -> None:
     reconstruction_figure(x, x, tmp_path / "r.png")
     traversal_figure(TinyModel(1, 1), x, tmp_path / "t.png")
     assert len(plt.get_fignums()) == before
+
+
+def test_uint8_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    x = images(1, n=3)
+    as_float = read_png(reconstruction_figure(x, x, tmp_path / "f.png"), 2, 3)
+    x8 = (x * 255).round().to(torch.uint8)
+    as_uint8 = read_png(reconstruction_figure(x8, x8.numpy(), tmp_path / "u.png"), 2, 3)
+    assert float(np.abs(as_float - as_uint8).max()) < 0.05
