@@ -138,6 +138,25 @@ def test_windowed_guard_names_the_first_bad_step() -> None:
     assert t.step == 8  # detected at the end of the window, not per step
 
 
+def test_host_values_are_checked_at_once_but_earlier_device_steps_win() -> None:
+    model = torch.nn.Linear(1, 1)
+
+    def make(bad_device_step: int | None) -> Trainer:
+        def loss_fn(b: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, object]]:
+            dev = torch.tensor(math.nan if step == bad_device_step else 0.0)
+            return model(b["x"]).mean(), {"dev": dev, "gamma": math.nan if step == 2 else 0.1}
+
+        return Trainer(model, loss_fn, {"x": torch.zeros(40, 1, dtype=torch.uint8)}, 4, 1e-3, seed=0,  # type: ignore[arg-type]
+                       device="cpu", nan_check_every=8)
+
+    t = make(None)
+    with pytest.raises(TrainingDiverged, match=r"^step 2: term gamma is nan$"):
+        t.train_epoch()
+    assert t.step == 2  # raised before the update, without waiting for the window
+    with pytest.raises(TrainingDiverged, match=r"^step 1: term dev is nan$"):
+        make(1).train_epoch()
+
+
 def test_windowed_guard_checks_at_epoch_end() -> None:
     t = _const_trainer({9: math.nan}, nan_check_every=50)  # 10 steps per epoch < window
     with pytest.raises(TrainingDiverged, match=r"^step 9: term loss is nan$"):

@@ -54,12 +54,14 @@ class Trainer:
     """Adam training of ``model`` with ``loss_fn`` on a dict of uint8 tensors held on ``device``.
 
     Args:
-        model: the module being trained (moved to ``device``; ``loss_fn`` calls it).
+        model: the module being trained (moved to ``device``, put in train mode at the start of
+            every epoch, all its parameters optimised; ``loss_fn`` calls it).
         loss_fn: ``loss_fn(batch, step) -> (loss, logs)``; ``batch`` maps the keys of ``data`` to
             float32 tensors in [0, 1] (uint8 entries; other dtypes are passed through as they
             are, e.g. factor indices), ``step`` is the number of optimiser steps done so far.
-            ``logs`` values are tensors (any shape; a (D,) tensor is logged as ``name/0`` ...
-            ``name/{D-1}``) or numbers.
+            ``logs`` values are tensors (any shape; one with D > 1 elements is logged as
+            ``name/0`` ... ``name/{D-1}``) or numbers. A ``"loss"`` entry in ``logs`` is ignored:
+            the logged ``loss`` is always the one being optimised.
         data: tensors with the same first dimension N, at least ``batch_size``.
         batch_size: images per step; the last partial batch of an epoch is dropped because the
             TC estimators assume full batches.
@@ -129,26 +131,36 @@ class Trainer:
             batch[key] = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows
         return batch
 
-    def _pack(self, loss: torch.Tensor, logs: Mapping[str, LogValue]) -> tuple[tuple[str, ...], torch.Tensor]:
-        """The loss and every logged value as one flat float32 vector, plus its names."""
+    def _pack(self, loss: torch.Tensor, logs: Mapping[str, LogValue]
+              ) -> tuple[tuple[str, ...], torch.Tensor, list[tuple[str, float]]]:
+        """Split this step's values into one flat float32 device vector (the loss first, then
+        every logged tensor that lives on the device) and host values (numbers, and CPU tensors
+        on a CUDA trainer), which are accumulated on the host: copying them to the GPU every
+        step would be a blocking host-to-device transfer."""
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("loss_fn must return a scalar tensor as its loss")
-        keys = tuple(k for k in logs if k != "loss")
         parts = [loss.detach().reshape(1)]
-        for k in keys:
-            v = logs[k]
-            parts.append(v.detach().reshape(-1) if isinstance(v, torch.Tensor)
-                         else torch.tensor([float(v)], device=self.device))
-        layout = (keys, *(p.numel() for p in parts[1:]))
+        keys: list[str] = []
+        host: list[tuple[str, float]] = []
+        for k, v in logs.items():
+            if k == "loss":
+                continue
+            if isinstance(v, torch.Tensor) and v.device.type == self.device.type:
+                parts.append(v.detach().reshape(-1))
+                keys.append(k)
+            else:
+                vals = v.detach().reshape(-1).tolist() if isinstance(v, torch.Tensor) else [float(v)]
+                host += [(k, vals[0])] if len(vals) == 1 else [(f"{k}/{i}", x) for i, x in enumerate(vals)]
+        layout = (*keys, *(p.numel() for p in parts[1:]))
         names = self._names_cache.get(layout)
         if names is None:
             expanded = ["loss"]
             for k, p in zip(keys, parts[1:], strict=True):
-                expanded += [k] if _is_scalar(logs[k]) else [f"{k}/{i}" for i in range(p.numel())]
+                expanded += [k] if p.numel() == 1 else [f"{k}/{i}" for i in range(p.numel())]
             names = tuple(expanded)
             self._names_cache[layout] = names
-        vec = torch.cat([p.to(device=self.device, dtype=torch.float32) for p in parts])
-        return names, vec
+        vec = torch.cat([p.to(dtype=torch.float32) for p in parts])
+        return names, vec, host
 
     def _train_step(self, idx: torch.Tensor) -> None:
         batch = self._batch(idx)
@@ -156,15 +168,24 @@ class Trainer:
                else contextlib.nullcontext())
         with ctx:
             loss, logs = self.loss_fn(batch, self.step)
-        names, vec = self._pack(loss, logs)
+        names, vec, host = self._pack(loss, logs)
         if self.nan_check_every == 1 and not bool(torch.isfinite(vec).all()):
             raise _diverged(self.step, names, vec.cpu())
+        for name, value in host:  # host values cost nothing to check: always before the update
+            if not math.isfinite(value):
+                if self.nan_check_every > 1:  # an earlier step of the window may be the first bad
+                    self._record(names, vec, self.step)
+                    self._flush()
+                raise TrainingDiverged(f"step {self.step}: term {name} is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.step += 1
-        self._record(names, vec)
+        self.step += 1  # the step is done; a window check below reports the step it ran as
+        for name, value in host:
+            self._host_sums[name] = self._host_sums.get(name, 0.0) + value
+            self._host_counts[name] = self._host_counts.get(name, 0) + 1
+        self._record(names, vec, self.step - 1)
 
     # ---- log accumulation and the NaN guard ---------------------------------------------------
     def _reset_epoch_logs(self) -> None:
@@ -173,16 +194,18 @@ class Trainer:
         self._buf_names: tuple[str, ...] = ()
         self._buf_rows = 0
         self._buf_start = self.step
+        self._host_sums: dict[str, float] = {}
+        self._host_counts: dict[str, int] = {}
 
-    def _record(self, names: tuple[str, ...], vec: torch.Tensor) -> None:
-        """Write this step's vector into the window buffer; reduce/check when it is full."""
+    def _record(self, names: tuple[str, ...], vec: torch.Tensor, step: int) -> None:
+        """Write step ``step``'s vector into the window buffer; reduce/check when it is full."""
         if self._buf is not None and names != self._buf_names:
             self._flush()
         if self._buf is None:
             self._buf = torch.empty(self._window, len(names), dtype=torch.float32, device=self.device)
             self._buf_names = names
             self._buf_rows = 0
-            self._buf_start = self.step - 1  # called after the step counter moved on
+            self._buf_start = step
         self._buf[self._buf_rows] = vec
         self._buf_rows += 1
         if self._buf_rows == self._window:
@@ -207,17 +230,19 @@ class Trainer:
 
     def _epoch_means(self) -> dict[str, float]:
         self._flush()
-        if not self._segments:
-            return {}
-        totals = torch.cat([s.total for s in self._segments]).tolist()  # the epoch's one sync
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        pos = 0
-        for seg in self._segments:
-            for name in seg.names:
-                sums[name] = sums.get(name, 0.0) + totals[pos]
-                counts[name] = counts.get(name, 0) + seg.count
-                pos += 1
+        if self._segments:
+            totals = torch.cat([s.total for s in self._segments]).tolist()  # the epoch's one sync
+            pos = 0
+            for seg in self._segments:
+                for name in seg.names:
+                    sums[name] = sums.get(name, 0.0) + totals[pos]
+                    counts[name] = counts.get(name, 0) + seg.count
+                    pos += 1
+        for name, total in self._host_sums.items():
+            sums[name] = sums.get(name, 0.0) + total
+            counts[name] = counts.get(name, 0) + self._host_counts[name]
         return {name: sums[name] / counts[name] for name in sums}
 
     # ---- epochs --------------------------------------------------------------------------------
@@ -317,10 +342,6 @@ class Trainer:
         """Load a checkpoint written by :meth:`save` (tensors-only unpickling, CPU first)."""
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         self.load_state_dict(state)
-
-
-def _is_scalar(value: LogValue) -> bool:
-    return not isinstance(value, torch.Tensor) or value.dim() == 0
 
 
 def _as_python_rng_state(state: Any) -> tuple[Any, ...]:
