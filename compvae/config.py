@@ -213,13 +213,14 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU, 2 cores: a whole trial in about a minute.
     "quick": {
-        "data": {"name": "shapes", "num_train": 8192},
-        "parent": {"resolution": 32, "latent_dim": 8, "beta": 4.0, "epochs": 8, "batch_size": 64, "lr": 1e-3},
+        "data": {"name": "shapes", "num_train": 4096},
+        "parent": {"resolution": 32, "latent_dim": 8, "width": 16, "beta": 4.0, "epochs": 10, "batch_size": 64,
+                   "lr": 2e-3},
         "mask": {"latent": "auto", "delta": 1.0, "threshold": 0.02, "blur_sigma": 1.0},
-        "child": {"resolution": 64, "latent_dim": 8, "beta": 4.0, "epochs": 4, "batch_size": 64, "lr": 1e-3,
-                  "masking_mode": "loss"},
+        "child": {"resolution": 64, "latent_dim": 8, "width": 16, "beta": 4.0, "epochs": 6, "batch_size": 64,
+                  "lr": 1e-3, "masking_mode": "loss"},
         "train": {"seed": 0, "device": "auto"},
-        "eval": {"num_train": 2000, "num_test": 1000, "metrics": ["mig", "dci", "unsupervised"],
+        "eval": {"num_train": 1000, "num_test": 500, "metrics": ["mig", "dci", "unsupervised"],
                  "num_figure_images": 6},
     },
     # Smoke tests and CI: a whole trial in seconds (numbers are not meaningful).
@@ -228,7 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "parent": {"resolution": 32, "latent_dim": 4, "width": 8, "epochs": 1, "batch_size": 32, "lr": 1e-3},
         "mask": {"latent": 0, "delta": 2.0, "threshold": 0.0, "blur_sigma": 0.0, "min_coverage": 0.0},
         "child": {"resolution": 32, "latent_dim": 4, "width": 8, "epochs": 2, "batch_size": 32, "lr": 1e-3},
-        "train": {"seed": 0, "device": "cpu"},
+        "train": {"seed": 0, "device": "cpu", "num_threads": 1},
         "eval": {"num_train": 200, "num_test": 100, "metrics": ["mig"], "figures": False},
     },
     # GPU: the original work's scale (parent 64 px, child 256 px, batch 32).
