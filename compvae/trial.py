@@ -45,7 +45,7 @@ from compvae.masks import (
     mask_coverage,
     mask_iou,
 )
-from compvae.metrics import evaluate, masked_recon_error, mse_per_image
+from compvae.metrics import evaluate, masked_recon_error, pixel_mse
 from compvae.models import VAE, build_vae
 from compvae.parent_store import ParentStore, parent_key
 from compvae.progress import Progress
@@ -438,7 +438,7 @@ def _evaluate_parent(cfg: TrialConfig, data: TrialData, parent: VAE) -> dict[str
                                         num_test=cfg.eval.num_test, dci_estimator=cfg.eval.dci_estimator))
     with torch.no_grad():
         recon = torch.sigmoid(parent(data.test_parent).logits)
-    out["parent/recon_error"] = float(mse_per_image(data.test_parent.cpu().numpy(), recon.cpu().numpy()).mean())
+    out["parent/recon_error"] = float(pixel_mse(data.test_parent.cpu().numpy(), recon.cpu().numpy()).mean())
     return out
 
 
@@ -471,7 +471,7 @@ def _child_recon_metrics(cfg: TrialConfig, data: TrialData, masker: _Masker, chi
     child.train(was_training)
     x_np, recon_np, m_np = x.cpu().numpy(), recon.cpu().numpy(), m.cpu().numpy()
     split = masked_recon_error(x_np, recon_np, m_np)
-    return {f"{metrics_prefix}recon_error": float(mse_per_image(x_np, recon_np).mean()),
+    return {f"{metrics_prefix}recon_error": float(pixel_mse(x_np, recon_np).mean()),
             f"{metrics_prefix}masked_recon_error": split["inside"],
             f"{metrics_prefix}outside_recon_error": split["outside"]}
 
