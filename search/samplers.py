@@ -1,0 +1,139 @@
+"""Optuna side of a search: distributions, seeded samplers and the Tune searcher.
+
+Why a subclass of Ray's ``OptunaSearch``: two behaviours of the stock searcher do not fit
+trials whose objective can be final-epoch-only and which ASHA may cut short:
+
+* single-objective ``on_trial_result`` indexes ``result[metric]`` and raises on epochs that
+  do not carry the objective (``child/dci_*`` exists only after the last epoch);
+* a trial stopped by ASHA reaches Optuna as COMPLETE with its truncated last value, so the
+  study's best trial / Pareto front can be a 1-epoch trial. Here it is told PRUNED instead
+  (TPE still learns from its intermediate values), so ``study.best_trials`` only holds
+  trials that ran their full budget.
+
+The study lives in the driver (the only process that touches it) in SQLite through
+``RDBStorage``: durable, so ``resume`` continues the same study.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import SearchSpace
+
+
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """Optuna distributions keyed by dotted TrialConfig field (Tune keeps the dots)."""
+    out: dict[str, BaseDistribution] = {}
+    for name, spec in space.params.items():
+        lo, hi = spec.bounds()
+        if spec.kind == "uniform":
+            out[name] = FloatDistribution(float(lo), float(hi))
+        elif spec.kind == "loguniform":
+            out[name] = FloatDistribution(float(lo), float(hi), log=True)
+        elif spec.kind == "int":
+            out[name] = IntDistribution(int(lo), int(hi))
+        else:
+            out[name] = CategoricalDistribution(spec.values())
+    if space.search.sampler == "grid" and space.search.repeats > 1:
+        out["train.seed"] = CategoricalDistribution(space.grid_values()["train.seed"])
+    return out
+
+
+class TuneGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without ``study.stop()`` in ``after_trial``.
+
+    Under Tune the number of trials is ``num_samples`` (= the grid size), and ``stop()`` is only
+    legal inside ``study.optimize``: in ask/tell it raises after the last grid point is told.
+    The first ``len(grid)`` trials get grid points by trial number, so concurrent asks never
+    duplicate a point.
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The space's sampler, always seeded (OptunaSearch ignores its own seed when given one)."""
+    seed = space.search.seed
+    kind = space.search.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "grid":
+        return TuneGridSampler(space.grid_values(), seed=seed)
+    raise ValueError(f"unknown sampler {kind!r}")
+
+
+class CompvaeOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips epochs without the objective and tells ASHA-cut trials PRUNED."""
+
+    def __init__(self, *args: Any, final_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._final_epochs = final_epochs
+
+    def _trial_final_epochs(self, result: dict[str, Any]) -> int:
+        """The trial's own child epoch budget (``child.epochs`` may itself be searched)."""
+        for key in ("config/child.epochs", "child.epochs"):
+            if key in result:
+                return int(result[key])
+        config = result.get("config")
+        if isinstance(config, dict) and "child.epochs" in config:
+            return int(config["child.epochs"])
+        return self._final_epochs
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if isinstance(self.metric, str) and self.metric not in result:
+            return
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if (result and not error and trial_id not in self._completed_trials
+                and trial_id in self._ot_trials
+                and float(result.get("epoch", 0)) < self._trial_final_epochs(result)):
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            except Exception as exc:  # Optuna refuses a second tell: warn and keep going
+                optuna.logging.get_logger(__name__).warning(str(exc))
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_searcher(space: SearchSpace, storage_url: str, study_name: str) -> CompvaeOptunaSearch:
+    """The seeded, durable Optuna searcher for ``space``.
+
+    ``storage_url`` is an absolute ``sqlite:///`` URL: a relative one would follow the trial's
+    (or the user's) working directory.
+    """
+    storage = optuna.storages.RDBStorage(url=storage_url)
+    metric: str | list[str] = space.metrics if space.multi_objective else space.metrics[0]
+    mode: str | list[str] = space.modes if space.multi_objective else space.modes[0]
+    return CompvaeOptunaSearch(
+        distributions(space),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(space),
+        study_name=study_name,
+        storage=storage,
+        final_epochs=space.base_config().child.epochs,
+    )
+
+
+def load_study(storage_url: str, study_name: str) -> optuna.Study:
+    return optuna.load_study(study_name=study_name, storage=storage_url)

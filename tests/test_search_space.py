@@ -1,0 +1,181 @@
+"""Search spaces are validated before Ray starts: every bad input is one clear line, exit 2."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compvae.errors import ConfigError
+from search.cli import main
+from search.space import load_space, space_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = {
+    "name": "t",
+    "preset": "tiny",
+    "params": {
+        "child.beta": {"loguniform": [1.0, 8.0]},
+        "mask.threshold": {"uniform": [0.0, 0.02]},
+        "child.masking_mode": {"choice": ["loss", "both"]},
+    },
+    "objective": {"metric": "child/mig", "mode": "max"},
+    "search": {"num_samples": 3, "max_concurrent": 2},
+}
+
+
+def _with(path: str, value) -> dict:
+    data = copy.deepcopy(GOOD)
+    cur = data
+    keys = path.split("/")
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    if value is _DELETE:
+        del cur[keys[-1]]
+    else:
+        cur[keys[-1]] = value
+    return data
+
+
+_DELETE = object()
+
+BAD = [
+    # (what, data, expected fragment of the one-line message)
+    ("unknown top-level field", _with("serach", {}), "serach: unknown field"),
+    ("unknown search field", _with("search/num_sample", 3), "search.num_sample: unknown field"),
+    ("param not a config field", _with("params/mask.thresh", {"uniform": [0, 1]}),
+     "params.mask.thresh: not a TrialConfig field; did you mean mask.threshold?"),
+    ("param not dotted", _with("params/beta", {"uniform": [1, 2]}), "params.beta: not a TrialConfig field"),
+    ("two distributions", _with("params/child.beta", {"uniform": [1, 2], "loguniform": [1, 2]}),
+     "give exactly one of"),
+    ("no distribution", _with("params/child.beta", {}), "give exactly one of"),
+    ("misspelt distribution", _with("params/child.beta", {"uniformm": [1, 2]}), "uniformm: unknown field"),
+    ("lo above hi", _with("params/child.beta", {"uniform": [4, 1]}), "lower bound 4.0 must be below upper bound 1.0"),
+    ("lo equals hi", _with("params/child.beta", {"int": [2, 2]}), "must be below upper bound"),
+    ("log of zero", _with("params/mask.threshold", {"loguniform": [0, 0.1]}), "loguniform: lower bound must be > 0"),
+    ("range not a pair", _with("params/child.beta", {"uniform": [1]}), "params.child.beta.uniform"),
+    ("range of strings", _with("params/child.beta", {"uniform": ["a", "b"]}), "params.child.beta.uniform"),
+    ("range beyond field bound", _with("params/mask.threshold", {"uniform": [0, 2]}),
+     "params.mask.threshold: upper bound 2.0 is invalid: mask.threshold: Input should be less than or equal to 1"),
+    ("negative blur", _with("params/mask.blur_sigma", {"uniform": [-1, 1]}),
+     "params.mask.blur_sigma: lower bound -1.0 is invalid"),
+    ("uniform on an int field", _with("params/child.epochs", {"uniform": [1, 4]}),
+     "child.epochs is an integer field; use int: [lo, hi] or choice"),
+    ("int on a literal", _with("params/child.resolution", {"int": [32, 64]}), "use choice: [...]"),
+    ("uniform on a string field", _with("params/child.masking_mode", {"uniform": [0, 1]}), "use choice"),
+    ("bad choice value", _with("params/child.masking_mode", {"choice": ["loss", "mixed"]}),
+     "params.child.masking_mode: choice 'mixed' is invalid"),
+    ("duplicate choices", _with("params/child.masking_mode", {"choice": ["loss", "loss"]}), "must be distinct"),
+    ("empty choice", _with("params/child.masking_mode", {"choice": []}), "needs at least one value"),
+    ("list-valued field", _with("params/eval.metrics", {"choice": ["mig", "dci"]}), "holds a list"),
+    ("cross-field corner", _with("params", {"mask.latent": {"int": [2, 3]}, "parent.latent_dim": {"int": [2, 4]}}),
+     "the lower corner (mask.latent=2, parent.latent_dim=2) is invalid"),
+    ("no params", _with("params", {}), "s.yaml: params: give at least one field"),
+    ("wrong type", _with("search/num_samples", "many"), "search.num_samples: Input should be a valid integer"),
+    ("zero samples", _with("search/num_samples", 0), "search.num_samples: Input should be greater than or equal to 1"),
+    ("bad mode", _with("objective", {"metric": "child/mig", "mode": "maximize"}), "objective.0.mode"),
+    ("missing objective", _with("objective", _DELETE), "objective: Field required"),
+    ("duplicate objectives", _with("objective", [{"metric": "a/b", "mode": "max"}, {"metric": "a/b", "mode": "min"}]),
+     "metrics must be distinct"),
+    ("bad sampler", _with("search/sampler", "cmaes"), "search.sampler"),
+    ("bad scheduler", _with("search/scheduler", "hyperband"), "search.scheduler: expected 'asha', 'none'"),
+    ("asha metric without mode", _with("search/scheduler", {"metric": "child/mig"}), "give both scheduler.metric"),
+    ("fractional gpus above one", _with("search/resources", {"gpus": 1.5}), "search.resources: gpus above 1 must be a whole number"),
+    ("negative gpus", _with("search/resources", {"gpus": -1}), "search.resources.gpus"),
+    ("bad base", _with("base", {"mask": {"threshold": 3}}), "base: mask.threshold: Input should be less than or equal to 1"),
+    ("unknown base field", _with("base", {"mask": {"thresh": 0.1}}), "mask.thresh: unknown field"),
+    ("unknown preset", _with("preset", "huge"), "unknown preset 'huge'"),
+    ("bad name", _with("name", "my search"), "s.yaml: name: letters, digits"),
+    ("grid over continuous", _with("search/sampler", "grid"), "use choice or int for a grid"),
+    ("repeats without grid", _with("search/repeats", 3), "only the grid sampler repeats"),
+]
+
+
+@pytest.mark.parametrize("what,data,fragment", BAD, ids=[b[0] for b in BAD])
+def test_bad_space_is_one_clear_line(what, data, fragment):
+    with pytest.raises(ConfigError) as info:
+        space_from_dict(data, source="s.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("s.yaml: ")
+    assert fragment in msg, msg
+
+
+def test_grid_num_samples_must_match():
+    data = _with("params", {"child.masking_mode": {"choice": ["loss", "both"]}, "child.epochs": {"int": [1, 2]}})
+    data["search"] = {"sampler": "grid", "num_samples": 5}
+    with pytest.raises(ConfigError, match="the grid has 4 points"):
+        space_from_dict(data)
+
+
+def test_grid_with_repeats_adds_a_seed_axis():
+    data = _with("params", {"child.masking_mode": {"choice": ["loss", "both", "input"]}})
+    data["base"] = {"train": {"seed": 10}}
+    data["search"] = {"sampler": "grid", "repeats": 2}
+    space = space_from_dict(data)
+    assert space.grid_values() == {"child.masking_mode": ["loss", "both", "input"], "train.seed": [10, 11]}
+    assert space.num_trials == 6
+
+
+def test_yaml_scientific_notation_and_overrides(tmp_path):
+    # PyYAML reads 1e-3 as a string: a space file still means the number.
+    text = yaml.safe_dump(GOOD).replace("- 0.02", "- 2e-2") + "\n"
+    text = text.replace("choice:\n    - loss\n    - both", "choice: [loss, both]")
+    p = tmp_path / "s.yaml"
+    p.write_text(text.replace("loguniform:\n    - 1.0", "loguniform:\n    - 1e0"))
+    space = load_space(p)
+    assert space.params["child.beta"].bounds() == (1.0, 8.0)
+    assert space.params["mask.threshold"].bounds() == (0.0, 0.02)
+    over = space.with_overrides(num_samples=7, max_concurrent=1, seed=5)
+    assert (over.search.num_samples, over.search.max_concurrent, over.search.seed) == (7, 1, 5)
+    again = space_from_dict(yaml.safe_load(over.to_yaml()))
+    assert again == over
+    cfg = over.trial_config({"child.beta": 2.5, "child.masking_mode": "both"})
+    assert cfg.child.beta == 2.5 and cfg.child.masking_mode == "both" and cfg.data.num_train == 256
+
+
+@pytest.mark.parametrize("name", ["quick", "paper"])
+def test_shipped_spaces_are_valid(name):
+    space = load_space(REPO / "spaces" / f"{name}.yaml")
+    assert space.name == name
+    for p in ("parent.beta", "child.beta", "mask.threshold", "mask.blur_sigma", "mask.delta", "child.masking_mode"):
+        assert p in space.params
+    if name == "paper":
+        assert 0 < space.search.resources.gpus < 1
+        assert space.num_trials >= 100
+    else:
+        assert space.search.resources.gpus == 0
+        assert space.base_config().data.name == "shapes"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["launch", "missing.yaml"], "missing.yaml: file not found"),
+    (["launch", "BAD"], "params.mask.threshold: upper bound 2.0 is invalid"),
+    (["launch", "BROKEN"], "broken YAML at line"),
+    (["launch", "GRID", "--num-samples", "5"], "the grid has 2 points"),
+    (["export", "nosuchsearch", "--out", "x"], "no search 'nosuchsearch'"),
+    (["resume", "nosuchsearch"], "no search 'nosuchsearch'"),
+    (["report", "nosuchsearch"], "no search 'nosuchsearch'"),
+])
+def test_cli_errors_are_one_line_exit_2(args, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BAD").write_text(yaml.safe_dump(_with("params/mask.threshold", {"uniform": [0, 2]})))
+    (tmp_path / "BROKEN").write_text("name: x\nparams: [unclosed\n")
+    grid = _with("params", {"child.masking_mode": {"choice": ["loss", "both"]}})
+    grid["search"] = {"sampler": "grid"}
+    (tmp_path / "GRID").write_text(yaml.safe_dump(grid))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert fragment in err, err
+    assert not (tmp_path / "searches").exists()  # nothing is created before the space is valid
+
+
+def test_cli_rejects_non_positive_counts(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["launch", "x.yaml", "--num-samples", "0"])
+    assert info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
