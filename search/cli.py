@@ -1,0 +1,179 @@
+"""``compvae-search``: launch, resume, export, report and browse hyperparameter searches.
+
+    compvae-search launch spaces/quick.yaml [--name N] [--storage DIR] [--mlflow-uri URI]
+                                            [--address ADDR] [--num-samples N]
+                                            [--max-concurrent N] [--seed S]
+    compvae-search resume NAME_OR_DIR
+    compvae-search export NAME_OR_DIR --out DIR [--top K]
+    compvae-search report NAME_OR_DIR
+    compvae-search ui NAME_OR_DIR [--port 5000]
+
+A search lives in <storage>/<name>/ (default storage: ./searches). Ctrl-C stops it cleanly;
+`resume` continues it. Anything you can fix (a bad space field, an unreachable cluster or MLflow
+server) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from compvae.errors import UserError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonneg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from search.driver import launch
+
+    outcome = launch(args.space, name=args.name, storage=args.storage, mlflow_uri=args.mlflow_uri,
+                     address=args.address, num_samples=args.num_samples,
+                     max_concurrent=args.max_concurrent, seed=args.seed)
+    return 0 if outcome.finished else 130
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.driver import resume
+
+    outcome = resume(args.search, storage=args.storage, address=args.address)
+    return 0 if outcome.finished else 130
+
+
+def _open(args: argparse.Namespace):  # -> (layout, state, space)
+    from search.layout import SearchState, resolve_search
+    from search.space import load_space
+
+    layout = resolve_search(args.search, args.storage)
+    return layout, SearchState.load(layout), load_space(layout.space_file)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.export import export_best
+    from search.results import TrialSummary, format_table, trials_frame
+
+    layout, _state, space = _open(args)
+    written = export_best(layout, space, args.out, top=args.top)
+    chosen = {p.stem.split("_", 1)[1] for p in written}
+    frame = trials_frame([s for s in TrialSummary.load_all(layout) if s.name in chosen], space)
+    print(format_table(frame))
+    for p in written:
+        print(f"wrote {p}")
+    print(f"retrain one with: compvae train {written[0]} --out DIR")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import build_report
+    from search.results import TrialSummary, format_table, trials_frame
+    from search.tracking import MlflowTracker
+
+    layout, state, space = _open(args)
+    tracker = None
+    try:
+        tracker = MlflowTracker(state.mlflow_uri)
+        tracker.client.get_run(state.mlflow_parent_run_id or "")
+    except Exception as exc:  # a report must not need the MLflow store to be up
+        print(f"note: not logging to MLflow ({str(exc).strip().splitlines()[0][:120]})", file=sys.stderr)
+        tracker = None
+    files = build_report(layout, space, state, tracker=tracker)
+    print(format_table(trials_frame(TrialSummary.load_all(layout), space)))
+    for f in files:
+        print(f"wrote {f}")
+    if tracker is not None:
+        print(f"logged to MLflow run {state.mlflow_parent_run_id} ({state.mlflow_uri})")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    layout, state, _space = _open(args)
+    if state.mlflow_uri.startswith(("http://", "https://")):
+        print(f"search {layout.name} logs to {state.mlflow_uri}: open it in a browser")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state.mlflow_uri,
+           "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {layout.name} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd, cwd=str(layout.root))
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compvae-search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("launch", help="start a search from a space YAML")
+    p.add_argument("space", help="search space YAML, e.g. spaces/quick.yaml")
+    p.add_argument("--name", help="search name (default: <space name>-<date-time>)")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite store inside the search folder; "
+                                        "http://host:port for `mlflow server`)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--num-samples", type=_positive, help="override search.num_samples")
+    p.add_argument("--max-concurrent", type=_positive, help="override search.max_concurrent")
+    p.add_argument("--seed", type=_nonneg, help="override search.seed (the sampler's seed)")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("resume", help="continue an interrupted search")
+    p.add_argument("search", metavar="NAME_OR_DIR")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.add_argument("--address", help="Ray cluster address (default: the one it was launched with)")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("export", help="write the best (or Pareto) configs as YAML for `compvae train`")
+    p.add_argument("search", metavar="NAME_OR_DIR")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--top", type=_positive, help="how many configs (default: 1, or the whole Pareto front)")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="trials table and figures (saved and logged to MLflow)")
+    p.add_argument("search", metavar="NAME_OR_DIR")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the search's store")
+    p.add_argument("search", metavar="NAME_OR_DIR")
+    p.add_argument("--port", type=_positive, default=5000)
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command in ("launch", "resume"):
+            hint = "; continue with `compvae-search resume NAME_OR_DIR`"
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Progress lines while a search runs: one short line per event, from the driver.
+
+Ray's own reporter prints a wide table of every config key (``config/...``) each few seconds;
+this prints what a person watches: trial, status, epoch, the objective(s) and the searched
+params, plus a running count. Plain lines, so a CI log and a terminal read the same.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from search.tracking import trial_error, trial_label
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class ConsoleCallback(Callback):
+    def __init__(self, metrics: list[str], params: list[str], total: int, base_epochs: int,
+                 stream: TextIO | None = None) -> None:
+        self.metrics = list(metrics)
+        self.params = list(params)
+        self.total = total
+        self.base_epochs = base_epochs
+        self._stream = stream
+        self._t0 = time.monotonic()
+        self._done: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_stream"] = None  # sys.stdout of the launching process: not picklable, not wanted
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._t0 = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        stream = self._stream or sys.stdout
+        print(f"[{time.monotonic() - self._t0:6.0f}s] {text}", file=stream, flush=True)
+
+    def _params(self, trial: Trial) -> str:
+        return " ".join(f"{p}={_fmt(trial.config[p])}" for p in self.params if p in trial.config)
+
+    def _objectives(self, result: dict[str, Any]) -> str:
+        return " ".join(f"{m}={_fmt(result[m])}" for m in self.metrics if m in result)
+
+    def _final(self, trial: Trial) -> int:
+        return int(trial.config.get("child.epochs", self.base_epochs))
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._print(f"{trial_label(trial)} started   {self._params(trial)}")
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
+        epoch = int(result.get("epoch", 0))
+        self._print(f"{trial_label(trial)} epoch {epoch}/{self._final(trial)}  {self._objectives(result)}")
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._done.add(trial.trial_id)
+        last = trial.last_result or {}
+        epoch = int(last.get("epoch", 0))
+        how = "completed" if epoch >= self._final(trial) else f"stopped by ASHA at epoch {epoch}"
+        self._print(f"{trial_label(trial)} {how}  {self._objectives(last)}  "
+                    f"({len(self._done)} done this session, {self.total} in the search)")
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._print(f"{trial_label(trial)} failed, retrying from its last checkpoint: {trial_error(trial)}")
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._done.add(trial.trial_id)
+        self._print(f"{trial_label(trial)} FAILED: {trial_error(trial)}")

@@ -1,0 +1,428 @@
+"""Launch and resume searches: Ray, the Tuner, the MLflow parent run, the end-of-search table.
+
+Order of work in ``launch``, chosen so a mistake costs seconds, not a cluster start:
+validate the space (pure Python) -> create the search folder and its state -> check the MLflow
+store -> start/connect Ray -> check the cluster can ever place a trial (a GPU request on a
+CPU-only cluster would leave every trial PENDING forever) -> run the Tuner -> report/export.
+
+``resume`` restores Tune's experiment (finished trials are not rerun, unfinished ones restart
+from their last checkpoint, errored ones stay failed: a diverged trial would only diverge
+again, and Optuna keeps them FAIL anyway); the searcher state and the durable Optuna study
+continue the same study, and the tracking callback reuses the parent and trial runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from compvae import __version__
+from compvae.errors import UserError
+from search.layout import (
+    SearchLayout,
+    SearchState,
+    driver_lock,
+    resolve_search,
+    storage_root,
+)
+from search.results import (
+    COMPLETED,
+    FAILED,
+    LOST,
+    STOPPED,
+    TrialSummary,
+    best_trials,
+    format_table,
+    trials_frame,
+)
+from search.space import NAME_RE, SearchSpace, load_space
+from search.tracking import MlflowTracker, is_local_store
+
+Printer = Callable[[str], None]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    layout: SearchLayout
+    finished: bool
+    summaries: list[TrialSummary]
+
+
+# ---- environment ------------------------------------------------------------------------------
+def _quiet_tune() -> None:
+    """Our console callback replaces Ray's progress table; Ray's per-trial CSV/TensorBoard
+    loggers are replaced by the JSON logger alone (result.json keeps Tune's own tools working).
+    Strict metric checking is off because final-epoch-only objectives (``child/dci_*``) are
+    legitimately absent from earlier epochs; :class:`ObjectiveGuard` checks them instead."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Keeping one checkpoint per trial forces an experiment snapshot per epoch: intended here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RepeatedTrialErrors) for f in logger.filters):
+            logger.addFilter(_RepeatedTrialErrors())
+
+
+class _RepeatedTrialErrors(logging.Filter):
+    """Drops Tune's multi-line tracebacks for failed trials (the console callback already
+    printed a one-line error per trial; the full traceback stays in the trial's error.txt) and
+    its warning, on restore, that trials which never started have no result files."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not msg.startswith(("Trial task failed for trial", "Trials did not complete",
+                                   "Failed to fetch metrics for"))
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def _enable_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process. Ray caches its config at import, so the env var
+    alone is not enough once ``ray`` is imported: use Ray's own switch (what ``ray.init()``
+    does for a local cluster it finds by itself), falling back to the env var."""
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+
+        if auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+            return
+    except (ImportError, AttributeError):
+        pass
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def connect_ray(address: str | None) -> bool:
+    """Start a local Ray, or join the cluster at ``address``/``RAY_ADDRESS``.
+
+    Returns whether this call initialised Ray (and so should shut it down). An already
+    initialised Ray (a test session, a notebook) is reused as is. Ray 2.59+ uses token auth
+    for local clusters but an explicit address never turns it on by itself, so with a token
+    on this machine we opt in (a cluster without auth ignores the token).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and "RAY_AUTH_MODE" not in os.environ and _token_available():
+        _enable_token_auth()
+    # Trial stdout stays in Ray's session logs; failures reach the console via Tune's errors.
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if address:
+            raise UserError(f"--address {address}: cannot join a Ray cluster there ({first}); start one with "
+                            "`ray start --head`, set RAY_AUTH_TOKEN for a remote cluster, or drop --address "
+                            "for a local Ray") from None
+        raise UserError(f"cannot start a local Ray instance: {first}") from None
+    return True
+
+
+@contextmanager
+def ray_session(address: str | None, space: SearchSpace) -> Iterator[None]:
+    """Ray up and able to place one trial, for the duration of the block; shut down after
+    only if this block started it. Runs before the search folder exists, so a wrong address or
+    an impossible resource request leaves nothing behind."""
+    owned = connect_ray(address)
+    try:
+        check_cluster(space)
+        yield
+    finally:
+        if owned:
+            import ray
+
+            ray.shutdown()
+
+
+def check_cluster(space: SearchSpace) -> None:
+    """Fail now if no node can ever hold one trial's resources (else: PENDING forever)."""
+    import ray
+
+    need_cpu = space.search.resources.cpus
+    need_gpu = space.search.resources.gpus
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [n for n in nodes
+            if n["Resources"].get("CPU", 0) >= need_cpu and n["Resources"].get("GPU", 0) >= need_gpu]
+    if fits:
+        return
+    total = ray.cluster_resources()
+    have = f"CPU {total.get('CPU', 0):g}, GPU {total.get('GPU', 0):g} over {len(nodes)} node(s)"
+    if need_gpu > 0 and not any(n["Resources"].get("GPU", 0) >= need_gpu for n in nodes):
+        raise UserError(f"search.resources.gpus: each trial asks for {need_gpu:g} GPU but no node of the "
+                        f"Ray cluster has that ({have}); set search.resources.gpus: 0 for CPU trials or "
+                        "connect to a GPU cluster with --address")
+    raise UserError(f"search.resources.cpus: each trial asks for {need_cpu:g} CPU but no node of the Ray "
+                    f"cluster has that ({have}); lower search.resources.cpus")
+
+
+def _normalise_mlflow_uri(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise UserError(f"--mlflow-uri {uri}: expected sqlite:///path/to/mlflow.db")
+        if not path.startswith("/"):
+            path = str(Path(path).resolve())  # relative: against the user's cwd, made absolute now
+        return f"sqlite:///{path}"
+    if parsed.scheme in ("http", "https"):
+        return uri.rstrip("/")
+    if parsed.scheme in ("postgresql", "mysql", "mssql") or parsed.scheme.startswith(("postgresql+", "mysql+")):
+        return uri
+    raise UserError(f"--mlflow-uri {uri}: use sqlite:///ABS/PATH.db, a database URL, or http(s)://host:port "
+                    "of `mlflow server` (MLflow 3 refuses plain folders)")
+
+
+def _check_mlflow_server(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=10) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"--mlflow-uri {uri}: no MLflow server answers there ({exc}); start one with "
+                        "`mlflow server --host 127.0.0.1 --port PORT`") from None
+
+
+# ---- the Tuner -------------------------------------------------------------------------------
+def _trainable(space: SearchSpace, layout: SearchLayout) -> Any:
+    from ray import tune
+
+    from search.trainable import trial_fn
+
+    resources = {"cpu": space.search.resources.cpus, "gpu": space.search.resources.gpus}
+    return tune.with_resources(
+        tune.with_parameters(trial_fn, base=space.base_dict(), root=str(layout.root)), resources)
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    asha = space.search.scheduler
+    if asha is None:
+        return FIFOScheduler()
+    metric, mode = space.scheduler_metric()
+    max_t = space.max_epochs
+    # stop_last_trials=False: a trial at its last epoch must run on to write its outputs.
+    return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
+                         grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor,
+                         brackets=asha.brackets, stop_last_trials=False)
+
+
+def _new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState) -> Any:
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from search.console import ConsoleCallback
+    from search.samplers import make_searcher
+    from search.tracking import ObjectiveGuard, TrackingCallback
+    from search.trainable import trial_name
+
+    assert state.mlflow_experiment_id and state.mlflow_parent_run_id
+    base_epochs = space.base_config().child.epochs
+    tracking = TrackingCallback(str(layout.root), space.to_dict(), state.mlflow_uri,
+                                state.mlflow_experiment_id, state.mlflow_parent_run_id)
+    console = ConsoleCallback(space.metrics, list(space.params), space.num_trials, base_epochs)
+    return tune.Tuner(
+        _trainable(space, layout),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(space, state.optuna_url, state.study_name),
+            scheduler=_scheduler(space),
+            num_samples=space.num_trials,
+            max_concurrent_trials=space.search.max_concurrent,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=layout.tune_dir.name,
+            storage_path=str(layout.root),
+            callbacks=[tracking, console, JsonLoggerCallback()],
+            stop=ObjectiveGuard(str(layout.root), space.metrics, base_epochs),
+            failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+
+
+# ---- MLflow parent run -----------------------------------------------------------------------
+def _parent_tags(space: SearchSpace, layout: SearchLayout, address: str | None) -> dict[str, str]:
+    s = space.search
+    return {
+        "compvae.space": space.name,
+        "compvae.version": __version__,
+        "compvae.search": layout.name,
+        "search.dir": str(layout.root),
+        "search.sampler": s.sampler,
+        "search.seed": str(s.seed),
+        "search.num_samples": str(space.num_trials),
+        "search.max_concurrent": str(s.max_concurrent),
+        "search.scheduler": ("none" if s.scheduler is None else
+                             f"asha(grace_period={s.scheduler.grace_period}, "
+                             f"reduction_factor={s.scheduler.reduction_factor:g}, "
+                             f"metric={space.scheduler_metric()[0]})"),
+        "search.resources": f"cpus={s.resources.cpus:g}, gpus={s.resources.gpus:g}",
+        "search.max_failures": str(s.max_failures),
+        "search.objective": ", ".join(f"{o.metric} ({o.mode})" for o in space.objective),
+        "search.params": ", ".join(space.params),
+        "ray.address": address or "local",
+    }
+
+
+def _start_tracking(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None) -> None:
+    tracker = MlflowTracker(state.mlflow_uri)
+    artifacts = layout.mlartifacts.as_uri() if is_local_store(state.mlflow_uri) else None
+    try:
+        state.mlflow_experiment_id = tracker.ensure_experiment(space.name, artifacts)
+        state.mlflow_parent_run_id = tracker.start_parent(
+            state.mlflow_experiment_id, layout.name, _parent_tags(space, layout, address))
+    except Exception as exc:  # any store problem is the user's URI/server: one line
+        raise UserError(f"MLflow store {state.mlflow_uri}: {str(exc).strip().splitlines()[0]}") from None
+    tracker.log_artifact(state.mlflow_parent_run_id, layout.space_file)
+    state.save(layout)
+
+
+# ---- entry points ----------------------------------------------------------------------------
+def launch(space_path: str | Path, *, name: str | None = None, storage: str | Path | None = None,
+           mlflow_uri: str | None = None, address: str | None = None, num_samples: int | None = None,
+           max_concurrent: int | None = None, seed: int | None = None, out: Printer = print) -> Outcome:
+    _quiet_tune()
+    space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed)
+    name = name or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if not NAME_RE.match(name):
+        raise UserError(f"--name {name}: letters, digits, '_', '-', '.' only")
+    layout = SearchLayout(storage_root(storage) / name)
+    if layout.state_file.exists():
+        raise UserError(f"search '{name}' already exists in {layout.root}; resume it with "
+                        f"`compvae-search resume {layout.root}` or choose another --name")
+    uri = _normalise_mlflow_uri(mlflow_uri) if mlflow_uri else layout.default_mlflow_uri
+    _check_mlflow_server(uri)
+    with ray_session(address, space), driver_lock(layout):
+        layout.space_file.write_text(space.to_yaml())
+        state = SearchState(name=name, space_name=space.name, version=__version__,
+                            created=dt.datetime.now().isoformat(timespec="seconds"), mlflow_uri=uri,
+                            optuna_url=layout.optuna_url, study_name=name, ray_address=address)
+        state.save(layout)
+        _start_tracking(space, layout, state, address)
+        out(f"search {name}: {space.num_trials} trials of space '{space.name}' "
+            f"({space.search.sampler}, {space.search.max_concurrent} at a time) in {layout.root}")
+        out(f"MLflow: {uri} (experiment '{space.name}', run '{name}'); "
+            f"`compvae-search ui {layout.root}` to browse")
+        return _run(space, layout, state, address, restore=False, out=out)
+
+
+def resume(name_or_dir: str, *, storage: str | Path | None = None, address: str | None = None,
+           out: Printer = print) -> Outcome:
+    _quiet_tune()
+    layout = resolve_search(name_or_dir, storage)
+    with driver_lock(layout):
+        state = SearchState.load(layout)
+        space = load_space(layout.space_file)
+        address = address or state.ray_address
+        done = [s for s in TrialSummary.load_all(layout) if s.status in (COMPLETED, STOPPED, FAILED)]
+        out(f"resuming search {layout.name}: {len(done)}/{space.num_trials} trials already done")
+        with ray_session(address, space):
+            return _run(space, layout, state, address, restore=True, out=out)
+
+
+def _run(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None,
+         restore: bool, out: Printer) -> Outcome:
+    from ray import tune
+
+    (layout.root / "abort.txt").unlink(missing_ok=True)
+    tracker = MlflowTracker(state.mlflow_uri)
+    assert state.mlflow_parent_run_id
+    try:
+        if restore and tune.Tuner.can_restore(str(layout.tune_dir)):
+            tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=_trainable(space, layout),
+                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
+        else:  # a fresh search, or one stopped before Tune saved anything: the study goes on
+            tuner = _new_tuner(space, layout, state)
+        tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
+        state.status = "running"
+        state.history.append({"event": "resume" if restore else "launch",
+                              "time": dt.datetime.now().isoformat(timespec="seconds"), "address": address})
+        state.save(layout)
+        tuner.fit()
+    except KeyboardInterrupt:
+        _mark(tracker, layout, state, "interrupted", "KILLED")
+        out(f"interrupted; continue with `compvae-search resume {layout.root}`")
+        raise
+    except UserError:
+        _mark(tracker, layout, state, "failed", "FAILED")
+        raise
+    abort = layout.root / "abort.txt"
+    if abort.is_file():
+        _mark(tracker, layout, state, "failed", "FAILED")
+        raise UserError(abort.read_text().strip())
+    summaries = [s for s in TrialSummary.load_all(layout) if s.status != LOST]
+    finished = (len(summaries) >= space.num_trials
+                and all(s.status in (COMPLETED, STOPPED, FAILED) for s in summaries))
+    if not finished:
+        _mark(tracker, layout, state, "interrupted", "KILLED")
+        out(f"interrupted: {sum(s.status != 'RUNNING' for s in summaries)}/{space.num_trials} trials done; "
+            f"continue with `compvae-search resume {layout.root}`")
+        return Outcome(layout, False, summaries)
+    finish(space, layout, state, summaries, out)
+    return Outcome(layout, True, summaries)
+
+
+def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, status: str, run_status: str) -> None:
+    state.status = status
+    state.save(layout)
+    try:
+        assert state.mlflow_parent_run_id
+        tracker.set_status(state.mlflow_parent_run_id, run_status)
+    except Exception as exc:  # never mask the original problem with a tracking one
+        log.warning("could not mark the MLflow parent run %s: %s", run_status, exc)
+
+
+def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summaries: list[TrialSummary],
+           out: Printer) -> None:
+    """End of a search: table, report and export into the search folder and the parent run."""
+    from search.export import export_best
+    from search.report import build_report
+
+    tracker = MlflowTracker(state.mlflow_uri)
+    assert state.mlflow_parent_run_id
+    build_report(layout, space, state, tracker=tracker)
+    best = best_trials(summaries, space)
+    if best:
+        export_best(layout, space, layout.export_dir, tracker=tracker, state=state)
+    failed = sum(s.status == FAILED for s in summaries)
+    stopped = sum(s.status == STOPPED for s in summaries)
+    out(f"\nsearch {layout.name} finished: {len(summaries)} trials, {len(summaries) - failed - stopped} complete, "
+        f"{stopped} stopped by ASHA, {failed} failed")
+    title = "Pareto front" if space.multi_objective else "best trials"
+    frame = trials_frame([s for s in summaries if s in best], space) if best else trials_frame(summaries, space)
+    out(f"{title} ({', '.join(f'{o.metric} {o.mode}' for o in space.objective)}):")
+    out(format_table(frame, max_rows=10))
+    out(f"report: {layout.report_dir}   configs: {layout.export_dir}   MLflow: {state.mlflow_uri}")
+    state.status = "finished"
+    state.save(layout)
+    tracker.set_status(state.mlflow_parent_run_id, "FINISHED")

@@ -1,0 +1,159 @@
+"""Where a search keeps its state, and its ``search.json``.
+
+One folder per search, every path absolute (trials run with another working directory, and
+SQLite/MLflow/Ray resolve relative paths against whichever process opens them)::
+
+    <storage>/<name>/
+      space.yaml      the space as launched (command-line overrides applied): resume reads it
+      search.json     name, MLflow URI/experiment/parent run, Optuna URL, Ray address, status
+      optuna.db       the Optuna study (RDBStorage, written by the driver only)
+      mlflow.db       the default MLflow store (written by the driver only)
+      mlartifacts/    artifacts of the default MLflow store
+      tune/           Ray Tune's experiment (tuner.pkl, experiment state, trial checkpoints)
+      trials/<trial>/ run_trial outputs (config.yaml, metrics.json, figures/, weights),
+                      summary.json (written by the driver), attempts.jsonl (by the trial)
+      parents/        trained parents shared between trials (compvae.parent_store)
+      report/         trials table and figures;  export/  best / Pareto configs
+      driver.lock     held by the one driver running this search
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compvae.errors import UserError
+
+DEFAULT_STORAGE = "searches"
+STATE_FILE = "search.json"
+
+
+@dataclass(frozen=True)
+class SearchLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def space_file(self) -> Path:
+        return self.root / "space.yaml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.root / 'optuna.db'}"
+
+    @property
+    def default_mlflow_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def mlartifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.root / "trials"
+
+    def trial_dir(self, trial_name: str) -> Path:
+        return self.trials_dir / trial_name
+
+    @property
+    def parents_dir(self) -> Path:
+        return self.root / "parents"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+
+@dataclass
+class SearchState:
+    """``search.json``: what resume, export, report and ui need besides the space."""
+
+    name: str
+    space_name: str
+    version: str
+    created: str
+    mlflow_uri: str
+    optuna_url: str
+    study_name: str
+    ray_address: str | None = None
+    mlflow_experiment_id: str | None = None
+    mlflow_parent_run_id: str | None = None
+    status: str = "created"  # created | running | interrupted | finished | failed
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, layout: SearchLayout) -> None:
+        write_json_atomic(layout.state_file, asdict(self))
+
+    @classmethod
+    def load(cls, layout: SearchLayout) -> SearchState:
+        try:
+            data = json.loads(layout.state_file.read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{layout.state_file}: unreadable search state ({exc}); "
+                            "is this a compvae-search folder?") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Readers (report, export, a second terminal) never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def storage_root(storage: str | Path | None) -> Path:
+    return Path(storage if storage is not None else DEFAULT_STORAGE).expanduser().resolve()
+
+
+def resolve_search(name_or_dir: str, storage: str | Path | None = None) -> SearchLayout:
+    """A search given as its folder or as its name under ``--storage`` (default ./searches)."""
+    as_dir = Path(name_or_dir).expanduser()
+    if (as_dir / STATE_FILE).is_file():
+        return SearchLayout(as_dir)
+    under = storage_root(storage) / name_or_dir
+    if (under / STATE_FILE).is_file():
+        return SearchLayout(under)
+    raise UserError(f"no search '{name_or_dir}': neither {as_dir.resolve()} nor {under} holds a "
+                    f"{STATE_FILE}; give the search's folder, or its name with --storage DIR")
+
+
+@contextmanager
+def driver_lock(layout: SearchLayout) -> Iterator[None]:
+    """One driver per search: two would both create trials and MLflow runs for it."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.root / "driver.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"search {layout.root} is already being run by another driver; "
+                            "wait for it or stop it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,177 @@
+"""The report of a search: trials table and figures, in ``<search>/report`` and in MLflow.
+
+Figures (matplotlib, Agg):
+
+* ``pareto_front.png`` (multi-objective: the first two objectives, front highlighted) or
+  ``objective_history.png`` (single: each complete trial's objective and the best so far);
+* ``param_importances.png``: Optuna's fANOVA importances, computed on an in-memory study of
+  the *complete* trials only, so ASHA-cut trials do not bias them;
+* ``parallel_coordinates.png``: one line per complete trial across the searched params
+  (log axes for loguniform, category index for choice) and the objective(s).
+
+A figure that cannot be drawn yet (one complete trial, no variation) is skipped with a note in
+``report/notes.txt`` rather than failing the report.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import optuna  # noqa: E402
+
+from search.layout import SearchLayout, SearchState  # noqa: E402
+from search.results import (  # noqa: E402
+    TrialSummary,
+    complete_trials,
+    format_table,
+    objective_values,
+    pareto_front,
+    trials_frame,
+)
+from search.samplers import distributions  # noqa: E402
+from search.space import SearchSpace  # noqa: E402
+
+
+def _numeric(space: SearchSpace, param: str, value: Any) -> float:
+    spec = space.params.get(param)
+    if spec is not None and spec.kind == "choice":
+        return float(spec.values().index(value)) if value in spec.values() else float("nan")
+    if spec is not None and spec.kind == "loguniform":
+        return math.log10(float(value))
+    return float(value)
+
+
+def objective_history(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
+    metric, mode = space.metrics[0], space.modes[0]
+    order = sorted(done, key=lambda s: s.name)
+    ys = [objective_values(s, space)[0] for s in order]  # type: ignore[index]
+    best, run = [], None
+    for y in ys:
+        run = y if run is None else (max(run, y) if mode == "max" else min(run, y))
+        best.append(run)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(ys)), ys, "o", label=metric)
+    ax.step(range(len(ys)), best, where="post", label=f"best so far ({mode})")
+    ax.set_xticks(range(len(ys)), [s.name.removeprefix("trial_") for s in order], rotation=60, fontsize=7)
+    ax.set_xlabel("complete trial")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
+    mx, my = space.metrics[0], space.metrics[1]
+    front = pareto_front(done, space)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter([s.metrics[mx] for s in done], [s.metrics[my] for s in done], c="0.6", label="complete trials")
+    fx = sorted(front, key=lambda s: s.metrics[mx])
+    ax.plot([s.metrics[mx] for s in fx], [s.metrics[my] for s in fx], "o-", c="C3", label="Pareto front")
+    for s in fx:
+        ax.annotate(s.name.removeprefix("trial_"), (s.metrics[mx], s.metrics[my]), fontsize=7)
+    ax.set_xlabel(f"{mx} ({space.modes[0]})")
+    ax.set_ylabel(f"{my} ({space.modes[1]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def importances(space: SearchSpace, done: list[TrialSummary]) -> dict[str, float]:
+    """fANOVA importances of the searched params for the first objective."""
+    dists = distributions(space)
+    study = optuna.create_study(directions=["maximize" if m == "max" else "minimize" for m in space.modes])
+    for s in done:
+        params = {k: s.params[k] for k in dists if k in s.params}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, values=objective_values(s, space)))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    target = (lambda t: t.values[0]) if space.multi_objective else None
+    return optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+
+
+def importance_figure(values: dict[str, float], metric: str, path: Path) -> Path:
+    names = list(values)[::-1]
+    fig, ax = plt.subplots(figsize=(5, 0.4 * len(names) + 1.2))
+    ax.barh(names, [values[n] for n in names])
+    ax.set_xlabel(f"importance for {metric} (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def parallel_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
+    axes = list(space.params) + space.metrics
+    cols = []
+    for a in axes:
+        raw = [_numeric(space, a, s.params[a]) if a in space.params else float(s.metrics[a]) for s in done]
+        lo, hi = min(raw), max(raw)
+        cols.append([(v - lo) / (hi - lo) if hi > lo else 0.5 for v in raw])
+    color_key = [float(s.metrics[space.metrics[0]]) for s in done]
+    lo, hi = min(color_key), max(color_key)
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(1.3 * len(axes) + 2, 4))
+    for i in range(len(done)):
+        c = cmap((color_key[i] - lo) / (hi - lo) if hi > lo else 0.5)
+        ax.plot(range(len(axes)), [col[i] for col in cols], "-o", color=c, alpha=0.8, ms=3)
+    labels = []
+    for a in axes:
+        spec = space.params.get(a)
+        suffix = " (log)" if spec is not None and spec.kind == "loguniform" else ""
+        if spec is not None and spec.kind == "choice":
+            suffix = "\n" + "/".join(map(str, spec.values()))
+        labels.append(a + suffix)
+    ax.set_xticks(range(len(axes)), labels, rotation=20, fontsize=7)
+    ax.set_yticks([0, 1], ["min", "max"])
+    ax.set_title(f"complete trials, colour = {space.metrics[0]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def build_report(layout: SearchLayout, space: SearchSpace, state: SearchState | None = None,
+                 tracker: Any = None, out_dir: Path | None = None) -> list[Path]:
+    """Write the table and figures; log them to the parent run when a tracker is given."""
+    out = out_dir or layout.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = TrialSummary.load_all(layout)
+    frame = trials_frame(summaries, space)
+    files = [out / "trials.csv", out / "trials.txt"]
+    frame.to_csv(files[0], index=False)
+    files[1].write_text(format_table(frame) + "\n")
+    done = complete_trials(summaries, space)
+    notes = []
+    if not done:
+        notes.append("no complete trial yet: no figures")
+    else:
+        if space.multi_objective:
+            files.append(pareto_figure(space, done, out / "pareto_front.png"))
+        else:
+            files.append(objective_history(space, done, out / "objective_history.png"))
+        files.append(parallel_figure(space, done, out / "parallel_coordinates.png"))
+        try:
+            values = importances(space, done)
+            files.append(importance_figure(values, space.metrics[0], out / "param_importances.png"))
+        except (RuntimeError, ValueError) as exc:
+            notes.append(f"param importances skipped: {exc}")
+    notes_file = out / "notes.txt"
+    if notes:
+        notes_file.write_text("\n".join(notes) + "\n")
+        files.append(notes_file)
+    else:
+        notes_file.unlink(missing_ok=True)
+    if tracker is not None and state is not None and state.mlflow_parent_run_id:
+        for f in files:
+            tracker.log_artifact(state.mlflow_parent_run_id, f, "report")
+    return files

@@ -1,0 +1,106 @@
+"""The one Tune function trainable: a search trial is :func:`compvae.trial.run_trial`.
+
+Checkpointing: ``run_trial`` keeps its resumable state in a ``checkpoint_dir`` and calls
+``report(metrics, epoch)`` once per child epoch *after* that epoch's state is on disk. The
+report callback here snapshots that directory as a Tune checkpoint together with the result,
+so Tune's copy always matches the epoch it is reported with. A retried trial
+(``FailureConfig``) or a resumed search gets it back from ``tune.get_checkpoint()`` and
+``run_trial`` continues from that epoch.
+
+Outputs (``config.yaml``, ``metrics.json``, figures, weights) go to
+``<search>/trials/<trial name>/`` (absolute: Tune runs trials in their own working directory),
+where the driver's tracking callback logs them to MLflow. Each start appends a line to
+``attempts.jsonl`` there (time, resumed-from epoch), which makes retries and resumes visible.
+
+Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>`` in the environment of
+the Ray workers makes that trial raise once, right after reporting that epoch, on its first
+attempt only; it exercises retry-from-checkpoint with real Ray (tests set it before
+``ray.init``). It is inert unless the exact search and trial names match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from compvae.config import TrialConfig
+from search.layout import SearchLayout
+
+FAULT_ENV = "COMPVAE_SEARCH_FAULT"
+EPOCH_FILE = "tune_epoch.json"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test hook; a real trial never raises it."""
+
+
+def trial_name(trial: Any) -> str:
+    """Readable, stable trial names (``trial_00003``) for folders, MLflow runs and the table.
+
+    The number is the searcher's trial counter (the head of Tune's ``experiment_tag``), which
+    Tune checkpoints with the searcher, so trials created after a resume keep counting up.
+    """
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return f"trial_{int(head):05d}" if head.isdigit() else f"trial_{trial.trial_id}"
+
+
+def _fault_epoch(search: str, name: str) -> int | None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if "@" not in spec:
+        return None
+    target, epoch = spec.rsplit("@", 1)
+    return int(epoch) if target == f"{search}/{name}" else None
+
+
+def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str) -> None:
+    """Run one trial: base config + this trial's sample, reporting every child epoch."""
+    from compvae.trial import run_trial  # torch and friends: import in the worker only
+
+    layout = SearchLayout(Path(root))
+    name = tune.get_context().get_trial_name()
+    cfg = TrialConfig.from_dict(base, source="base").with_updates(dict(config))
+    out_dir = layout.trial_dir(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    work = Path(tempfile.mkdtemp(prefix=f"compvae-{name}-"))
+    state = work / "state"
+    state.mkdir()
+    resumed_from = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, state, dirs_exist_ok=True)
+        if (state / EPOCH_FILE).is_file():
+            resumed_from = int(json.loads((state / EPOCH_FILE).read_text())["epoch"])
+    # Finished already: the driver died after the trial's last epoch and outputs but before Tune
+    # saved the experiment state, so Tune restarts it from its final checkpoint. Nothing to redo.
+    finished = resumed_from >= cfg.child.epochs and (out_dir / "metrics.json").is_file()
+    with open(out_dir / "attempts.jsonl", "a") as fh:
+        fh.write(json.dumps({"time": time.time(), "resumed_from_epoch": resumed_from, "already_finished": finished,
+                             "host": socket.gethostname(), "pid": os.getpid(),
+                             "ray": ray.get_runtime_context().gcs_address}) + "\n")
+    if finished:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    fault_at = _fault_epoch(layout.name, name) if checkpoint is None else None
+
+    def report(metrics: dict[str, float], epoch: int) -> None:
+        (state / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
+        tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(str(state)))
+        if fault_at is not None and epoch == fault_at:
+            raise InjectedFault(f"injected fault after epoch {epoch} ({FAULT_ENV})")
+
+    try:
+        run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
+                  parent_store=layout.parents_dir, progress=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
