@@ -112,7 +112,7 @@ def _enable_token_auth() -> None:
 
 
 def connect_ray(address: str | None) -> bool:
-    """Start a local Ray, or join the cluster at ``address``/``RAY_ADDRESS``.
+    """Start a new local Ray, or join the cluster at ``address``/``RAY_ADDRESS``.
 
     Returns whether this call initialised Ray (and so should shut it down). An already
     initialised Ray (a test session, a notebook) is reused as is. Ray 2.59+ uses token auth
@@ -131,6 +131,9 @@ def connect_ray(address: str | None) -> bool:
     if address:
         kwargs["address"] = address
     else:
+        # "local", not None: ray.init() would otherwise join the last `ray start` cluster of
+        # this machine (recorded in /tmp/ray/ray_current_cluster, even when it is long dead).
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
     try:
         ray.init(**kwargs)

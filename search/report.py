@@ -6,8 +6,9 @@ Figures (matplotlib, Agg):
   ``objective_history.png`` (single: each complete trial's objective and the best so far);
 * ``param_importances.png``: Optuna's fANOVA importances, computed on an in-memory study of
   the *complete* trials only, so ASHA-cut trials do not bias them;
-* ``parallel_coordinates.png``: one line per complete trial across the searched params
-  (log axes for loguniform, category index for choice) and the objective(s).
+* ``parallel_coordinates.png``: one line per complete trial across the searched params (each
+  axis spans the searched range, log for loguniform, category index for choice) and the
+  objective(s) (observed range).
 
 A figure that cannot be drawn yet (one complete trial, no variation) is skipped with a note in
 ``report/notes.txt`` rather than failing the report.
@@ -38,13 +39,18 @@ from search.samplers import distributions  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
 
 
-def _numeric(space: SearchSpace, param: str, value: Any) -> float:
-    spec = space.params.get(param)
-    if spec is not None and spec.kind == "choice":
-        return float(spec.values().index(value)) if value in spec.values() else float("nan")
-    if spec is not None and spec.kind == "loguniform":
-        return math.log10(float(value))
-    return float(value)
+def _position(space: SearchSpace, param: str, value: Any) -> float:
+    """Where ``value`` sits in the param's searched range, 0..1 (log scale for loguniform,
+    category index for choice): axes then show the range searched, not just the range hit."""
+    spec = space.params[param]
+    if spec.kind == "choice":
+        values = spec.values()
+        return values.index(value) / max(len(values) - 1, 1) if value in values else float("nan")
+    lo, hi = (float(b) for b in spec.bounds())
+    v = float(value)
+    if spec.kind == "loguniform":
+        lo, hi, v = math.log(lo), math.log(hi), math.log(v)
+    return (v - lo) / (hi - lo)
 
 
 def objective_history(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
@@ -89,6 +95,7 @@ def pareto_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> P
 def importances(space: SearchSpace, done: list[TrialSummary]) -> dict[str, float]:
     """fANOVA importances of the searched params for the first objective."""
     dists = distributions(space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize" if m == "max" else "minimize" for m in space.modes])
     for s in done:
         params = {k: s.params[k] for k in dists if k in s.params}
@@ -112,9 +119,9 @@ def importance_figure(values: dict[str, float], metric: str, path: Path) -> Path
 
 def parallel_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
     axes = list(space.params) + space.metrics
-    cols = []
-    for a in axes:
-        raw = [_numeric(space, a, s.params[a]) if a in space.params else float(s.metrics[a]) for s in done]
+    cols = [[_position(space, a, s.params[a]) for s in done] for a in space.params]
+    for m in space.metrics:  # objectives: observed range
+        raw = [float(s.metrics[m]) for s in done]
         lo, hi = min(raw), max(raw)
         cols.append([(v - lo) / (hi - lo) if hi > lo else 0.5 for v in raw])
     color_key = [float(s.metrics[space.metrics[0]]) for s in done]
@@ -127,12 +134,16 @@ def parallel_figure(space: SearchSpace, done: list[TrialSummary], path: Path) ->
     labels = []
     for a in axes:
         spec = space.params.get(a)
-        suffix = " (log)" if spec is not None and spec.kind == "loguniform" else ""
-        if spec is not None and spec.kind == "choice":
-            suffix = "\n" + "/".join(map(str, spec.values()))
-        labels.append(a + suffix)
+        if spec is None:
+            vals = [float(s.metrics[a]) for s in done]
+            labels.append(f"{a}\n{min(vals):.3g}..{max(vals):.3g}")
+        elif spec.kind == "choice":
+            labels.append(a + "\n" + "/".join(map(str, spec.values())))
+        else:
+            lo_b, hi_b = spec.bounds()
+            labels.append(f"{a}\n{lo_b:g}..{hi_b:g}" + (" (log)" if spec.kind == "loguniform" else ""))
     ax.set_xticks(range(len(axes)), labels, rotation=20, fontsize=7)
-    ax.set_yticks([0, 1], ["min", "max"])
+    ax.set_yticks([0, 1], ["low", "high"])
     ax.set_title(f"complete trials, colour = {space.metrics[0]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

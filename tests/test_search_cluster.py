@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -85,6 +86,10 @@ def services(tmp_path_factory, free_port):
     finally:
         _stop_group(server)
         _stop_group(head)
+        # what `ray stop` would also do: a plain ray.init() must not try to join this dead head
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):
+            current.unlink()
 
 
 def test_search_on_a_ray_start_cluster_logging_to_mlflow_server(services, write_space, tmp_path, monkeypatch,

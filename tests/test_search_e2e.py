@@ -41,7 +41,7 @@ def ray_local():
     saved = {k: os.environ.get(k) for k in (FAULT_ENV, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
     os.environ[FAULT_ENV] = FAULT  # before ray.init: workers inherit the raylet's environment
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     for k, v in saved.items():
@@ -323,7 +323,6 @@ def _interrupt_and_resume(ray_local, write_space, tmp_path, sig: int, name: str)
         assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert _client(state).get_run(state.mlflow_parent_run_id).info.status == "FINISHED"
     _assert_runs_consistent(state, list(after.values()))  # no duplicate runs, no duplicate epochs
-    print({n: (s.status, s.epoch, [a["resumed_from_epoch"] for a in _attempts(layout, n)]) for n, s in before.items()})
 
 
 def test_resume_after_ctrl_c(ray_local, write_space, tmp_path):
