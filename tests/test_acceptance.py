@@ -57,9 +57,13 @@ def test_position_latent_mask_covers_the_object(quick_run):
     masks = make_masks(parent, torch.from_numpy(images[:200]), latent, cfg.mask.delta, cfg.mask.threshold,
                        cfg.mask.blur_sigma, out_resolution=cfg.child.resolution)
     sil = torch.from_numpy(child_data.silhouettes(test_factors))
-    iou = mask_iou(masks, sil).mean().item()
-    # chance: the same masks scored against other images' objects
-    chance = mask_iou(masks, sil.roll(1, dims=0)[torch.randperm(200, generator=torch.Generator().manual_seed(0))]).mean().item()
-    assert iou > 0.25
-    assert iou > 1.5 * chance
+    iou = mask_iou(masks, sil)
+    # chance: each mask scored against another image's object. Objects cluster near the centre,
+    # so this baseline is far above zero; the paired difference is what shows localisation.
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    perm = torch.where(perm == torch.arange(200), (perm + 1) % 200, perm)
+    chance = mask_iou(masks, sil[perm])
+    assert iou.mean().item() > 0.25
+    assert (iou - chance).mean().item() > 0.08
+    assert (iou > chance).float().mean().item() > 0.7
     assert 0.01 < metrics["mask/coverage"] < 0.6
