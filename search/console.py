@@ -25,7 +25,9 @@ def _fmt(v: Any) -> str:
 
 class ConsoleCallback(Callback):
     def __init__(self, metrics: list[str], params: list[str], total: int, base_epochs: int,
-                 stream: TextIO | None = None) -> None:
+                 asha_metric: str | None = None, stream: TextIO | None = None) -> None:
+        self.asha_metric = asha_metric
+        self._asha_warned = False
         self.metrics = list(metrics)
         self.params = list(params)
         self.total = total
@@ -63,6 +65,12 @@ class ConsoleCallback(Callback):
                         result: dict[str, Any], **info: Any) -> None:
         epoch = int(result.get("epoch", 0))
         self._print(f"{trial_label(trial)} epoch {epoch}/{self._final(trial)}  {self._objectives(result)}")
+        if (self.asha_metric and not self._asha_warned and epoch < self._final(trial)
+                and self.asha_metric not in result):
+            self._asha_warned = True  # ASHA skips such results: it would never cut a trial
+            self._print(f"warning: ASHA's metric {self.asha_metric} is only reported at the final epoch, so "
+                        "ASHA cannot stop weak trials early; set search.scheduler.metric/mode to a per-epoch "
+                        "metric such as child/mig")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._done.add(trial.trial_id)

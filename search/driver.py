@@ -250,7 +250,8 @@ def _new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState) -> 
     base_epochs = space.base_config().child.epochs
     tracking = TrackingCallback(str(layout.root), space.to_dict(), state.mlflow_uri,
                                 state.mlflow_experiment_id, state.mlflow_parent_run_id)
-    console = ConsoleCallback(space.metrics, list(space.params), space.num_trials, base_epochs)
+    asha_metric = space.scheduler_metric()[0] if space.search.scheduler is not None else None
+    console = ConsoleCallback(space.metrics, list(space.params), space.num_trials, base_epochs, asha_metric)
     return tune.Tuner(
         _trainable(space, layout),
         tune_config=tune.TuneConfig(
@@ -316,6 +317,7 @@ def launch(space_path: str | Path, *, name: str | None = None, storage: str | Pa
            max_concurrent: int | None = None, seed: int | None = None, out: Printer = print) -> Outcome:
     _quiet_tune()
     space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed)
+    address = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
     name = name or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if not NAME_RE.match(name):
         raise UserError(f"--name {name}: letters, digits, '_', '-', '.' only")

@@ -4,7 +4,8 @@ Why a subclass of Ray's ``OptunaSearch``: two behaviours of the stock searcher d
 trials whose objective can be final-epoch-only and which ASHA may cut short:
 
 * single-objective ``on_trial_result`` indexes ``result[metric]`` and raises on epochs that
-  do not carry the objective (``child/dci_*`` exists only after the last epoch);
+  do not carry the objective (``child/dci_*`` exists only after the last epoch), and keys
+  intermediate values by Tune's iteration counter, which repeats after a restore;
 * a trial stopped by ASHA reaches Optuna as COMPLETE with its truncated last value, so the
   study's best trial / Pareto front can be a 1-epoch trial. Here it is told PRUNED instead
   (TPE still learns from its intermediate values), so ``study.best_trials`` only holds
@@ -97,9 +98,18 @@ class CompvaeOptunaSearch(OptunaSearch):
         return self._final_epochs
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if isinstance(self.metric, str) and self.metric not in result:
+        """Intermediate values keyed by child epoch (not Tune's iteration counter, which
+        restarts with a restored trial), each epoch once: a resumed trial re-reports epochs."""
+        if not isinstance(self.metric, str) or self.metric not in result:
             return
-        super().on_trial_result(trial_id, result)
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        reported = self.__dict__.setdefault("_reported_epoch", {})
+        epoch = int(result.get("epoch", 0))
+        if epoch <= reported.get(trial_id, 0):
+            return
+        self._ot_trials[trial_id].report(float(result[self.metric]), epoch)
+        reported[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:

@@ -264,6 +264,11 @@ class SearchSpace(_Strict):
                                  f"(x{s.repeats} repeats); remove num_samples or set it to {size}")
         elif s.repeats != 1:
             raise ValueError("search.repeats: only the grid sampler repeats points")
+        devices = {str(self.base.get("train", {}).get("device", ""))}
+        devices |= {str(v) for v in (self.params["train.device"].choice or [])} if "train.device" in self.params else set()
+        if "cuda" in devices and s.resources.gpus == 0:
+            raise ValueError("train.device cuda needs search.resources.gpus > 0 (e.g. 0.25): a trial "
+                             "given no GPU sees none; or use device auto/cpu")
         return self
 
     # ---- derived -------------------------------------------------------------------------

@@ -65,6 +65,10 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str) -> None:
     """Run one trial: base config + this trial's sample, reporting every child epoch."""
     from compvae.trial import run_trial  # torch and friends: import in the worker only
 
+    if not ray.get_gpu_ids():
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: without this a
+        # `train.device: auto` trial would still find and share the node's GPUs unaccounted.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     layout = SearchLayout(Path(root))
     name = tune.get_context().get_trial_name()
     cfg = TrialConfig.from_dict(base, source="base").with_updates(dict(config))

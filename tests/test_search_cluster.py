@@ -95,11 +95,11 @@ def services(tmp_path_factory, free_port):
 def test_search_on_a_ray_start_cluster_logging_to_mlflow_server(services, write_space, tmp_path, monkeypatch,
                                                                 capsys):
     address, mlflow_uri = services
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", address)  # (--address is exercised by the resume tests)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # the driver opts into token auth itself
     space = write_space(search={"num_samples": 3, "max_concurrent": 2})
     rc = main(["launch", str(space), "--storage", str(tmp_path / "s"), "--name", "e2e-cluster",
-               "--address", address, "--mlflow-uri", mlflow_uri])
+               "--mlflow-uri", mlflow_uri])
     assert rc == 0, capsys.readouterr()
     assert not ray.is_initialized()  # the driver disconnected; the cluster lives on
     layout = SearchLayout(tmp_path / "s" / "e2e-cluster")

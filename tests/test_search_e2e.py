@@ -312,10 +312,12 @@ def _interrupt_and_resume(ray_local, write_space, tmp_path, sig: int, name: str)
     for n, s in before.items():  # unfinished ones restart from their last checkpoint
         if n not in finished_before and s.epoch >= 1 and after[n].trial_id == s.trial_id:
             resumed = _attempts(layout, n)[-1]["resumed_from_epoch"]
+            # Tune registers a result's checkpoint in a save step after the callbacks saw the
+            # result, so the last epoch reported before the stop may not be in the saved state.
             if sig == signal.SIGINT:  # Tune saved its state on the way out
-                assert resumed == s.epoch, (n, _attempts(layout, n))
-            else:  # SIGKILL: Tune's last snapshot may predate the last reported epoch
-                assert 0 <= resumed <= s.epoch, (n, _attempts(layout, n))
+                assert max(1, s.epoch - 1) <= resumed <= s.epoch, (n, s.epoch, _attempts(layout, n))
+            else:  # SIGKILL: Tune's last snapshot may be older still
+                assert 0 <= resumed <= s.epoch, (n, s.epoch, _attempts(layout, n))
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4

@@ -85,6 +85,7 @@ BAD = [
     ("asha metric without mode", _with("search/scheduler", {"metric": "child/mig"}), "give both scheduler.metric"),
     ("fractional gpus above one", _with("search/resources", {"gpus": 1.5}), "search.resources: gpus above 1 must be a whole number"),
     ("negative gpus", _with("search/resources", {"gpus": -1}), "search.resources.gpus"),
+    ("cuda without gpus", _with("base", {"train": {"device": "cuda"}}), "train.device cuda needs search.resources.gpus > 0"),
     ("bad base", _with("base", {"mask": {"threshold": 3}}), "base: mask.threshold: Input should be less than or equal to 1"),
     ("unknown base field", _with("base", {"mask": {"thresh": 0.1}}), "mask.thresh: unknown field"),
     ("unknown preset", _with("preset", "huge"), "unknown preset 'huge'"),
