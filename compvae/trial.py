@@ -115,7 +115,6 @@ def run_trial(
 
     metrics: dict[str, float] = {}
     base = {**parent_metrics, **mask_metrics, "parent/reused": float(reused), "mask/latent": float(latent)}
-    rng_light = np.random.default_rng([cfg.train.seed, 7])
     while trainer.epoch < cfg.child.epochs:
         logs = trainer.train_epoch()
         epoch = trainer.epoch
@@ -125,6 +124,8 @@ def run_trial(
         if final:
             metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, full=True))
         else:
+            # seeded per epoch, so a resumed trial reports exactly what an uninterrupted one would
+            rng_light = np.random.default_rng([cfg.train.seed, 7, epoch])
             metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, full=False, rng=rng_light))
         metrics["epoch"] = float(epoch)
         if ckpt is not None:

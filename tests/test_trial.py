@@ -102,7 +102,8 @@ def test_conditioning_schedule_and_kl():
 
 def test_interrupted_trial_resumes_to_identical_metrics(tmp_path):
     cfg = tiny(**{"child.epochs": 3})
-    straight = run_trial(cfg)
+    straight_reports: dict[int, dict] = {}
+    straight = run_trial(cfg, report=lambda m, e: straight_reports.setdefault(e, split_timings(m)[0]))
 
     class Stop(Exception):
         pass
@@ -114,9 +115,10 @@ def test_interrupted_trial_resumes_to_identical_metrics(tmp_path):
     with pytest.raises(Stop):
         run_trial(cfg, report=stop_after_first, checkpoint_dir=tmp_path)
     assert (tmp_path / "child_trainer.pt").exists() and (tmp_path / "parent.pt").exists()
-    epochs = []
-    resumed = run_trial(cfg, report=lambda m, e: epochs.append(e), checkpoint_dir=tmp_path)
-    assert epochs == [2, 3]
+    reports: dict[int, dict] = {}
+    resumed = run_trial(cfg, report=lambda m, e: reports.setdefault(e, split_timings(m)[0]), checkpoint_dir=tmp_path)
+    assert sorted(reports) == [2, 3]
+    assert reports[2] == straight_reports[2]  # what ASHA sees after a resume is what it would have seen
     values, timings = split_timings(straight)
     assert "trial_seconds" in timings
     assert split_timings(resumed)[0] == values  # bit-identical on CPU
