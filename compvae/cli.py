@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        from compvae.masks import EmptyMaskError
+
+        if not isinstance(exc, EmptyMaskError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -73,6 +73,14 @@ def test_empty_mask_is_detected_not_trained_on():
         run_trial(tiny(**{"mask.threshold": 1.0, "mask.min_coverage": 0.01}))
 
 
+def test_cli_reports_an_empty_mask_in_one_line(tmp_path, capsys):
+    code = cli_main(["train", "--preset", "tiny", "--quiet", "--set", "mask.threshold=1.0",
+                     "--set", "mask.min_coverage=0.01", "--out", str(tmp_path / "o")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "latent 0" in err and "mask.threshold" in err
+
+
 def test_joint_parent_keeps_training_and_frozen_does_not(tmp_path):
     frozen_dir, joint_dir = tmp_path / "frozen", tmp_path / "joint"
     run_trial(tiny(), checkpoint_dir=frozen_dir / "ck", out_dir=frozen_dir)
