@@ -3,9 +3,10 @@
     compvae-search launch spaces/quick.yaml [--name N] [--storage DIR] [--mlflow-uri URI]
                                             [--address ADDR] [--num-samples N]
                                             [--max-concurrent N] [--seed S]
+                                            [--no-parent-reuse]
     compvae-search resume NAME_OR_DIR
     compvae-search export NAME_OR_DIR --out DIR [--top K]
-    compvae-search report NAME_OR_DIR
+    compvae-search report NAME_OR_DIR [--group-by KNOB]
     compvae-search ui NAME_OR_DIR [--port 5000]
 
 A search lives in <storage>/<name>/ (default storage: ./searches). Ctrl-C stops it cleanly;
@@ -47,7 +48,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     outcome = launch(args.space, name=args.name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                      address=args.address, num_samples=args.num_samples,
-                     max_concurrent=args.max_concurrent, seed=args.seed)
+                     max_concurrent=args.max_concurrent, seed=args.seed,
+                     reuse_parents=False if args.no_parent_reuse else None)
     return 0 if outcome.finished else 130
 
 
@@ -98,6 +100,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(format_table(trials_frame(TrialSummary.load_all(layout), space)))
     for f in files:
         print(f"wrote {f}")
+    if args.group_by:
+        from search.groups import group_report
+
+        grouped = group_report(TrialSummary.load_all(layout), args.group_by, layout.report_dir, space,
+                               title=f"{layout.name}: complete trials by {args.group_by}",
+                               tracker=tracker, parent_run_id=state.mlflow_parent_run_id)
+        print(f"\n{layout.name}: by {args.group_by}")
+        print(grouped.text)
+        for f in grouped.files:
+            print(f"wrote {f}")
     if tracker is not None:
         print(f"logged to MLflow run {state.mlflow_parent_run_id} ({state.mlflow_uri})")
     return 0
@@ -132,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=_positive, help="override search.num_samples")
     p.add_argument("--max-concurrent", type=_positive, help="override search.max_concurrent")
     p.add_argument("--seed", type=_nonneg, help="override search.seed (the sampler's seed)")
+    p.add_argument("--no-parent-reuse", action="store_true",
+                   help="train a parent in every trial (search.reuse_parents: false); for comparisons")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("resume", help="continue an interrupted search")
@@ -150,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="trials table and figures (saved and logged to MLflow)")
     p.add_argument("search", metavar="NAME_OR_DIR")
     p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.add_argument("--group-by", metavar="KNOB",
+                   help="also compare groups of complete trials by a dotted config field, e.g. "
+                        "child.masking_mode: mean and 95%% CI per group, table + strip plot")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the search's store")

@@ -220,7 +220,8 @@ def _trainable(space: SearchSpace, layout: SearchLayout) -> Any:
 
     resources = {"cpu": space.search.resources.cpus, "gpu": space.search.resources.gpus}
     return tune.with_resources(
-        tune.with_parameters(trial_fn, base=space.base_dict(), root=str(layout.root)), resources)
+        tune.with_parameters(trial_fn, base=space.base_dict(), root=str(layout.root),
+                             reuse_parents=space.search.reuse_parents), resources)
 
 
 def _scheduler(space: SearchSpace) -> Any:
@@ -292,6 +293,7 @@ def _parent_tags(space: SearchSpace, layout: SearchLayout, address: str | None) 
                              f"metric={space.scheduler_metric()[0]})"),
         "search.resources": f"cpus={s.resources.cpus:g}, gpus={s.resources.gpus:g}",
         "search.max_failures": str(s.max_failures),
+        "search.reuse_parents": str(s.reuse_parents).lower(),
         "search.objective": ", ".join(f"{o.metric} ({o.mode})" for o in space.objective),
         "search.params": ", ".join(space.params),
         "ray.address": address or "local",
@@ -314,9 +316,10 @@ def _start_tracking(space: SearchSpace, layout: SearchLayout, state: SearchState
 # ---- entry points ----------------------------------------------------------------------------
 def launch(space_path: str | Path, *, name: str | None = None, storage: str | Path | None = None,
            mlflow_uri: str | None = None, address: str | None = None, num_samples: int | None = None,
-           max_concurrent: int | None = None, seed: int | None = None, out: Printer = print) -> Outcome:
+           max_concurrent: int | None = None, seed: int | None = None, reuse_parents: bool | None = None,
+           out: Printer = print) -> Outcome:
     _quiet_tune()
-    space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed)
+    space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed, reuse_parents)
     address = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
     name = name or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if not NAME_RE.match(name):

@@ -190,6 +190,9 @@ class SearchSettings(_Strict):
     max_concurrent: int = Field(2, ge=1, le=10000)
     repeats: int = Field(1, ge=1, le=1000, description="grid only: runs per grid point, seeds base+0..")
     max_failures: int = Field(1, ge=0, le=100, description="retries of a failed trial from its checkpoint")
+    reuse_parents: bool = Field(
+        True, description="share trained parents between trials (compvae.parent_store); false trains "
+                          "one per trial, the baseline benchmarks/search.py compares against")
     scheduler: AshaSettings | None = Field(default_factory=AshaSettings)
     resources: Resources = Field(default_factory=Resources)
 
@@ -330,9 +333,11 @@ class SearchSpace(_Strict):
         return self.objective[0].metric, self.objective[0].mode
 
     def with_overrides(self, num_samples: int | None = None, max_concurrent: int | None = None,
-                       seed: int | None = None) -> SearchSpace:
+                       seed: int | None = None, reuse_parents: bool | None = None) -> SearchSpace:
         """A copy with command-line overrides, validated again (a grid refuses num_samples)."""
         data = self.to_dict()
+        if reuse_parents is not None:
+            data["search"]["reuse_parents"] = reuse_parents
         if num_samples is not None:
             data["search"]["num_samples"] = num_samples
         if max_concurrent is not None:

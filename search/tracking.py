@@ -10,8 +10,10 @@ restore. Here a Tune :class:`Callback` (it runs in the driver) does all the writ
   Tune ``trial_id``. Before creating a run the callback looks that tag up, so a resumed search
   (whose callback is a fresh object) reuses the run instead of creating a duplicate; epochs
   already logged before the interruption are skipped by the logged ``epoch`` metric;
-* params = every ``TrialConfig.flat()`` field; per-epoch metrics with ``step=epoch``, only
-  the trial's own keys; on completion ``config.yaml``, ``metrics.json``, figures and weights;
+* params = every ``TrialConfig.flat()`` field plus ``parent/hash`` (the parent store key, so
+  trials sharing a parent can be grouped in the UI); per-epoch metrics with ``step=epoch``, only
+  the trial's own keys; the tag ``parent/reused`` (0 trained, 1 taken from the store) at the
+  first result; on completion ``config.yaml``, ``metrics.json``, figures and weights;
   a failed trial ends FAILED with the error as the ``error`` tag.
 
 The callback also writes ``trials/<trial>/summary.json`` (see :mod:`search.results`).
@@ -35,6 +37,7 @@ from ray.tune.stopper import Stopper
 
 from compvae.config import TrialConfig
 from compvae.errors import ConfigError, UserError
+from compvae.parent_store import parent_key
 from search.layout import SearchLayout
 from search.results import COMPLETED, FAILED, LOST, RUNNING, STOPPED, TrialSummary
 from search.space import SearchSpace, space_from_dict
@@ -46,6 +49,8 @@ TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | frozenset(DEBUG_METRICS) | {
     "timesteps_total", "checkpoint_dir_name", "time_this_iter_s", "time_total_s", "experiment_id",
 }
 TRIAL_ID_TAG = "tune_trial_id"
+PARENT_HASH_PARAM = "parent/hash"
+PARENT_REUSED = "parent/reused"  # metric and tag: 0 = this trial trained its parent, 1 = reused
 MAX_TAG = 5000
 _BATCH = 100
 
@@ -290,7 +295,7 @@ class TrackingCallback(Callback):
         run = self.tracker.client.create_run(self.experiment_id, run_name=trial_label(trial), tags=tags)
         run_id = run.info.run_id
         if cfg is not None:
-            self.tracker.log_params(run_id, cfg.flat())
+            self.tracker.log_params(run_id, {**cfg.flat(), PARENT_HASH_PARAM: parent_key(cfg)})
             self.tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
         else:
             self.tracker.log_params(run_id, dict(trial.config))
@@ -310,6 +315,8 @@ class TrackingCallback(Callback):
         run_id = self._run_id(trial)
         if epoch > self._last_epoch.get(trial.trial_id, 0):
             self.tracker.log_metrics(run_id, metrics, step=epoch)
+            if PARENT_REUSED in metrics and self._last_epoch.get(trial.trial_id, 0) == 0:
+                self.tracker.set_tags(run_id, {PARENT_REUSED: str(int(metrics[PARENT_REUSED]))})
             self._last_epoch[trial.trial_id] = epoch
         s = self._summary(trial)
         s.mlflow_run_id = run_id

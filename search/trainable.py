@@ -61,8 +61,12 @@ def _fault_epoch(search: str, name: str) -> int | None:
     return int(epoch) if target == f"{search}/{name}" else None
 
 
-def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str) -> None:
-    """Run one trial: base config + this trial's sample, reporting every child epoch."""
+def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_parents: bool = True) -> None:
+    """Run one trial: base config + this trial's sample, reporting every child epoch.
+
+    ``reuse_parents`` (``search.reuse_parents``) shares trained parents through
+    ``<search>/parents``; off, every trial trains its own (the benchmark's baseline).
+    """
     from compvae.trial import run_trial  # torch and friends: import in the worker only
 
     if not ray.get_gpu_ids():
@@ -105,6 +109,6 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str) -> None:
 
     try:
         run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
-                  parent_store=layout.parents_dir, progress=False)
+                  parent_store=layout.parents_dir if reuse_parents else None, progress=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)

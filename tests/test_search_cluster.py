@@ -26,7 +26,7 @@ from compvae.config import TrialConfig
 from search.cli import main
 from search.layout import SearchLayout, SearchState
 from search.results import COMPLETED, TrialSummary
-from search.tracking import TRIAL_ID_TAG
+from search.tracking import PARENT_HASH_PARAM, TRIAL_ID_TAG
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -121,7 +121,7 @@ def test_search_on_a_ray_start_cluster_logging_to_mlflow_server(services, write_
                               filter_string=f"tags.mlflow.parentRunId = '{state.mlflow_parent_run_id}'")
     assert sorted(r.data.tags[TRIAL_ID_TAG] for r in runs) == sorted(s.trial_id for s in summaries)
     for r in runs:
-        assert set(r.data.params) == set(TrialConfig().flat())
+        assert set(r.data.params) == set(TrialConfig().flat()) | {PARENT_HASH_PARAM}
         names = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert "config.yaml" in names
     done = next(r for r in runs if r.data.tags.get("trial_status") == COMPLETED)

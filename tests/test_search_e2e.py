@@ -29,7 +29,7 @@ from search.cli import main
 from search.layout import SearchLayout, SearchState
 from search.results import COMPLETED, FAILED, STOPPED, TrialSummary
 from search.space import load_space
-from search.tracking import TRIAL_ID_TAG
+from search.tracking import PARENT_HASH_PARAM, TRIAL_ID_TAG
 from search.trainable import FAULT_ENV
 
 # trial_00001 of the search named e2e-multi raises once after its first epoch (see trainable).
@@ -80,7 +80,7 @@ def _assert_runs_consistent(state: SearchState, summaries: list[TrialSummary]) -
     assert all(r.info.status == "KILLED" for r in _nested_runs(state) if "orphaned" in r.data.tags)
     assert sorted(r.data.tags[TRIAL_ID_TAG] for r in runs) == sorted(s.trial_id for s in summaries)
     by_id = {r.data.tags[TRIAL_ID_TAG]: r for r in runs}
-    flat_keys = set(TrialConfig().flat())
+    flat_keys = set(TrialConfig().flat()) | {PARENT_HASH_PARAM}
     for s in summaries:
         run = by_id[s.trial_id]
         assert run.info.run_name == s.name

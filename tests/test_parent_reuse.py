@@ -1,0 +1,140 @@
+"""Parent reuse across the trials of a real search (local Ray, real trials, real stores).
+
+A search whose params are only mask and child knobs needs exactly one parent: the first trial
+trains it into ``<search>/parents`` and every other trial, concurrent or later, loads it. That
+is checked where it is recorded: the trials' ``parent/reused`` metric, the parent store's
+folders, the MLflow tag ``parent/reused`` and param ``parent/hash``. The same space with
+``--no-parent-reuse`` trains a parent in every trial and leaves no store behind. An exported
+config then retrains from scratch with ``compvae train``, or reuses the search's parent with
+``--parent-store``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from compvae.cli import main as compvae_main
+from compvae.config import TrialConfig
+from compvae.parent_store import parent_key
+from search.cli import main
+from search.layout import SearchLayout, SearchState
+from search.results import FAILED, TrialSummary
+from search.tracking import PARENT_HASH_PARAM, PARENT_REUSED
+
+NUM_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+    else:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
+
+
+def _mask_and_child_space(tmp: Path, tiny_space: dict[str, Any]) -> Path:
+    """The tiny space searching mask and child knobs only; no ASHA, so every trial runs out."""
+    space = dict(tiny_space)
+    space["params"] = {
+        "mask.delta": {"uniform": [1.0, 3.0]},
+        "mask.blur_sigma": {"uniform": [0.0, 1.0]},
+        "child.beta": {"loguniform": [1.0, 8.0]},
+        "child.masking_mode": {"choice": ["loss", "both", "input"]},
+    }
+    space["search"] = {**space["search"], "num_samples": NUM_TRIALS, "max_concurrent": 2, "scheduler": "none"}
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _search(tmp: Path, space: Path, name: str, *extra: str) -> tuple[SearchLayout, list[TrialSummary]]:
+    assert main(["launch", str(space), "--storage", str(tmp / "s"), "--name", name, *extra]) == 0
+    layout = SearchLayout(tmp / "s" / name)
+    summaries = TrialSummary.load_all(layout)
+    assert len(summaries) == NUM_TRIALS
+    assert all(s.status != FAILED for s in summaries), [s.error for s in summaries]
+    return layout, summaries
+
+
+def _runs(layout: SearchLayout) -> list[Any]:
+    state = SearchState.load(layout)
+    return MlflowClient(state.mlflow_uri).search_runs(
+        [state.mlflow_experiment_id], filter_string=f"tags.mlflow.parentRunId = '{state.mlflow_parent_run_id}'")
+
+
+@pytest.fixture(scope="module")
+def reuse_search(ray_local, tmp_path_factory, tiny_space):
+    tmp = tmp_path_factory.mktemp("reuse")
+    return _search(tmp, _mask_and_child_space(tmp, tiny_space), "reuse-on")
+
+
+def test_a_search_over_mask_and_child_knobs_trains_exactly_one_parent(reuse_search):
+    layout, summaries = reuse_search
+    configs = [TrialConfig.from_dict(s.config) for s in summaries]
+    assert len({(c.mask.delta, c.child.beta) for c in configs}) == NUM_TRIALS  # trials really differ
+    keys = {parent_key(c) for c in configs}
+    assert len(keys) == 1
+    key = keys.pop()
+
+    # metrics: one trial trained the parent (0), every other one reused it (1)
+    reused = sorted(s.metrics[PARENT_REUSED] for s in summaries)
+    assert reused == [0.0] + [1.0] * (NUM_TRIALS - 1), reused
+
+    # the store: exactly one finished parent, named by its key, and no unfinished leftovers
+    entries = sorted(p.name for p in layout.parents_dir.iterdir() if not p.name.endswith(".lock"))
+    assert entries == [key], entries
+    assert (layout.parents_dir / key / "DONE").is_file() and (layout.parents_dir / key / "parent.pt").is_file()
+
+    # all trials report the same parent metrics (the reusing ones read the cached evaluation)
+    assert len({s.metrics["parent/mig"] for s in summaries}) == 1
+
+    # MLflow: the tag mirrors the metric, the param names the shared parent
+    runs = _runs(layout)
+    assert len(runs) == NUM_TRIALS
+    assert sorted(r.data.tags[PARENT_REUSED] for r in runs) == ["0"] + ["1"] * (NUM_TRIALS - 1)
+    assert {r.data.params[PARENT_HASH_PARAM] for r in runs} == {key}
+    for r in runs:
+        assert r.data.metrics[PARENT_REUSED] == float(r.data.tags[PARENT_REUSED])
+    parent = MlflowClient(SearchState.load(layout).mlflow_uri).get_run(SearchState.load(layout).mlflow_parent_run_id)
+    assert parent.data.tags["search.reuse_parents"] == "true"
+
+
+@pytest.mark.slow
+def test_without_reuse_every_trial_trains_its_parent(ray_local, tmp_path, tiny_space):
+    layout, summaries = _search(tmp_path, _mask_and_child_space(tmp_path, tiny_space), "reuse-off",
+                                "--no-parent-reuse")
+    assert [s.metrics[PARENT_REUSED] for s in summaries] == [0.0] * NUM_TRIALS
+    assert not layout.parents_dir.exists()
+    assert yaml.safe_load(layout.space_file.read_text())["search"]["reuse_parents"] is False
+    runs = _runs(layout)
+    assert sorted(r.data.tags[PARENT_REUSED] for r in runs) == ["0"] * NUM_TRIALS
+    assert len({r.data.params[PARENT_HASH_PARAM] for r in runs}) == 1  # same parent, trained 4 times
+
+
+def test_exported_config_trains_its_parent_or_takes_the_search_store(reuse_search, tmp_path):
+    layout, _ = reuse_search
+    assert main(["export", str(layout.root), "--out", str(tmp_path / "export")]) == 0
+    best = tmp_path / "export" / "best.yaml"
+    assert compvae_main(["train", str(best), "--out", str(tmp_path / "scratch"), "--quiet"]) == 0
+    scratch = json.loads((tmp_path / "scratch" / "metrics.json").read_text())
+    assert scratch[PARENT_REUSED] == 0.0
+    assert compvae_main(["train", str(best), "--out", str(tmp_path / "stored"), "--quiet",
+                         "--parent-store", str(layout.parents_dir)]) == 0
+    stored = json.loads((tmp_path / "stored" / "metrics.json").read_text())
+    assert stored[PARENT_REUSED] == 1.0
+    # same seed, same code: the stored parent is the one a fresh run trains
+    assert stored["parent/mig"] == pytest.approx(scratch["parent/mig"])
+    assert stored["child/mig"] == pytest.approx(scratch["child/mig"])
