@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -124,6 +125,8 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     if address and "RAY_AUTH_MODE" not in os.environ and _token_available():
         _enable_token_auth()
     # Trial stdout stays in Ray's session logs; failures reach the console via Tune's errors.
@@ -145,6 +148,26 @@ def connect_ray(address: str | None) -> bool:
                             "for a local Ray") from None
         raise UserError(f"cannot start a local Ray instance: {first}") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a ``host:port`` nobody listens on. ``ray.init(address=...)`` retries
+    the GCS connection forever (``Failed to connect to GCS ... within 5 seconds`` lines, no
+    error), so without this a mistyped or stopped head node hangs the launch."""
+    if address in ("auto", "local"):
+        return  # Ray resolves these itself and fails fast when there is no cluster
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"--address {address}: expected HOST:PORT of a Ray head node (e.g. 10.0.0.5:6379), "
+                        "or drop --address for a local Ray")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"--address {address}: cannot join a Ray cluster there (nothing answers: "
+                        f"{exc.strerror or exc}); start one with `ray start --head --port {port}`, or drop "
+                        "--address for a local Ray") from None
 
 
 @contextmanager
