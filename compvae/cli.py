@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from compvae.config import TrialConfig, preset
+from compvae.data import check_data
 from compvae.errors import TrainingDiverged, UserError
 
 
@@ -60,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from compvae.trial import run_trial  # heavy imports only once the input is valid
 
     cfg = load_config(args.config, args.preset, args.set)
+    # A bad dataset file must not leave an --out folder behind: check it before creating one.
+    check_data(cfg.data.name, cfg.data.path, cfg.parent.resolution)
     out = Path(args.out).expanduser().resolve()
     ckpt = _prepare_out(out, cfg)
     try:

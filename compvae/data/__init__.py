@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from compvae.data.base import GroundTruthData
@@ -32,4 +33,14 @@ def get_dataset(name: str, **options: Any) -> GroundTruthData:
     raise ConfigError(f"data.name: unknown dataset '{name}'; choose shapes, dsprites, shapes3d or images")
 
 
-__all__ = ["GroundTruthData", "get_dataset"]
+def check_data(name: str, path: str | None, resolution: int) -> None:
+    """Open a dataset once (constructors read only headers and labels) so that a missing,
+    corrupt or wrongly shaped file is one :class:`~compvae.errors.DataError` line *before* an
+    output folder, a Ray cluster or a search's worth of identical failed trials exist."""
+    options: dict[str, Any] = {"resolution": resolution}
+    if path:
+        options["path"] = str(Path(path).expanduser().resolve())
+    get_dataset(name, **options)
+
+
+__all__ = ["GroundTruthData", "check_data", "get_dataset"]
