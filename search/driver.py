@@ -45,7 +45,7 @@ from search.results import (
     format_table,
     trials_frame,
 )
-from search.space import NAME_RE, SearchSpace, load_space
+from search.space import NAME_RE, SearchSpace, load_space, space_from_dict
 from search.tracking import MlflowTracker, is_local_store
 
 Printer = Callable[[str], None]
@@ -235,6 +235,38 @@ def _check_mlflow_server(uri: str) -> None:
                         "`mlflow server --host 127.0.0.1 --port PORT`") from None
 
 
+def _check_data(space: SearchSpace) -> SearchSpace:
+    """Every dataset a trial can get opens now, and ``data.path`` becomes absolute.
+
+    Trials run with a per-trial working directory, so a relative ``data.path`` (meant, as in
+    ``compvae train``, against the launch directory) would be missing in every trial; and a
+    missing or corrupt file would only surface as N identical failed trials. Both are fixed
+    here, before the search folder or Ray exist. The space saved in the search folder carries
+    the absolute paths, so ``resume`` from anywhere finds the same files.
+    """
+    from compvae.data import check_data
+
+    def absolute(value: Any) -> Any:
+        return str(Path(value).expanduser().resolve()) if isinstance(value, str) and value else value
+
+    data = space.to_dict()
+    base_data = data.get("base", {}).get("data", {})
+    changed = False
+    if base_data.get("path"):
+        base_data["path"], changed = absolute(base_data["path"]), True
+    spec = data["params"].get("data.path")
+    if spec and "choice" in spec:
+        spec["choice"], changed = [absolute(v) for v in spec["choice"]], True
+    resolved = space_from_dict(data, source="space") if changed else space
+    base = resolved.base_config()
+    names = resolved.params["data.name"].values() if "data.name" in resolved.params else [base.data.name]
+    paths = resolved.params["data.path"].values() if "data.path" in resolved.params else [base.data.path]
+    for name in names:
+        for path in paths:
+            check_data(str(name), path, base.parent.resolution)
+    return resolved
+
+
 # ---- the Tuner -------------------------------------------------------------------------------
 def _trainable(space: SearchSpace, layout: SearchLayout) -> Any:
     from ray import tune
@@ -343,6 +375,7 @@ def launch(space_path: str | Path, *, name: str | None = None, storage: str | Pa
            out: Printer = print) -> Outcome:
     _quiet_tune()
     space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed, reuse_parents)
+    space = _check_data(space)
     address = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
     name = name or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if not NAME_RE.match(name):
