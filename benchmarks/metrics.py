@@ -92,6 +92,11 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def main() -> None:
+    run()
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """Run and print the benchmark; return the faithful-vs-fast DCI numbers (for benchmarks/run.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-train", type=int, default=10000)
     parser.add_argument("--num-test", type=int, default=5000)
@@ -101,7 +106,8 @@ def main() -> None:
     parser.add_argument("--sampling-votes", type=int, default=None,
                         help="FactorVAE/BetaVAE train votes (eval: half); default --num-train")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    result: dict[str, float] = {}
 
     data = SyntheticSprites()
     encode = make_encoder(args.seed + 1)
@@ -159,6 +165,9 @@ def main() -> None:
         print(f"  max |R_faithful - R_fast| = {rd:.4f}")
         print(f"  seconds                 {sec_faithful:>10.1f}{sec_fast_n:>10.1f}"
               f"   faithful/fast = {sec_faithful / sec_fast_n:.1f}x")
+        result = {"fast_over_faithful_seconds": sec_fast_n / sec_faithful,
+                  "disentanglement_diff": fast_n["disentanglement"] - faithful["disentanglement"],
+                  "max_importance_diff": float(rd), "faithful_n": float(n)}
 
     res, sec = timed(lambda: evaluate(data, make_encoder(args.seed + 4), np.random.default_rng(args.seed + 5),
                                       num_train=args.num_train, num_test=args.num_test))
@@ -169,6 +178,7 @@ def main() -> None:
     shown = [k for k in res if not k.startswith("eval_seconds")]
     for i in range(0, len(shown), 4):
         print("  " + "  ".join(f"{k}={res[k]:.4f}" for k in shown[i:i + 4]))
+    return result
 
 
 if __name__ == "__main__":

@@ -83,6 +83,16 @@ def timed(run: Callable[[], None], device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args, result = _run(argv)
+    return 1 if result["ratio"] < args.min_ratio else 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """Run and print the benchmark; return its numbers (benchmarks/run.py tabulates them)."""
+    return _run(argv)[1]
+
+
+def _run(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, float]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--resolution", type=int, default=32, choices=[32, 64, 128, 256])
     p.add_argument("--channels", type=int, default=3)
@@ -130,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:>8}: median {rate[k]:.1f} images/s  (runs: {runs})")
     print(f"ratio trainer/bare = {ratio:.3f} (median of paired runs; ratio of median rates "
           f"{ratio_of_medians:.3f}); target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}")
-    return 1 if ratio < args.min_ratio else 0
+    return args, {"ratio": ratio, "ratio_of_medians": ratio_of_medians, "trainer_images_per_s": rate["trainer"],
+                  "bare_images_per_s": rate["bare"]}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""Wall time of a search with parent reuse against the same search without, side by side.
+
+Both sides run the same space (same sampler seed, so the same sampled configs) on one local Ray
+instance started once for the whole benchmark, so Ray's start-up is in neither wall time. Runs
+alternate (reuse, no reuse, then no reuse, reuse, ...) so drift on a shared machine hits both
+sides alike; the ratio is of the median wall times (target: reuse/no-reuse < 0.65).
+
+Ray Tune's overhead is judged by utilisation = sum of trial compute seconds (each trial
+function's own wall time, start to finish, outputs included) divided by wall seconds x
+concurrency; overhead = 1 - utilisation (scheduling, trial start-up, the
+driver's MLflow writes, checkpoints, and slots idle while the last trials finish).
+
+    python benchmarks/search.py                                 # spaces/quick.yaml as is (~10 min, 2 cores)
+    python benchmarks/search.py --num-samples 4 --child-epochs 2  # a trimmed variant (printed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder heads sys.path and `import search` would find this file,
+# not the search package (Ray workers inherit the driver's sys.path too): drop the folder.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+
+def trimmed_space(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The space at ``path`` with the command line's trims applied to its base and search."""
+    space = yaml.safe_load(path.read_text())
+    base = space.setdefault("base", {})
+    for flag, dotted in (("parent_epochs", "parent.epochs"), ("child_epochs", "child.epochs"),
+                         ("num_train", "data.num_train")):
+        value = getattr(args, flag)
+        if value is not None:
+            section, key = dotted.split(".")
+            base.setdefault(section, {})[key] = value
+    search = space.setdefault("search", {})
+    if args.num_samples is not None:
+        search["num_samples"] = args.num_samples
+    if args.max_concurrent is not None:
+        search["max_concurrent"] = args.max_concurrent
+    if args.child_epochs is not None and isinstance(search.get("scheduler"), dict):
+        grace = search["scheduler"].get("grace_period", 1)
+        search["scheduler"]["grace_period"] = min(grace, args.child_epochs)
+    return space
+
+
+def trial_compute_seconds(layout_root: Path) -> list[float]:
+    """Each trial's own wall time: from its function's start (first ``attempts.jsonl`` line) to
+    its end, the later of its last Tune result and its ``metrics.json`` (a complete trial writes
+    figures and weights after its last report, which Tune's ``time_total_s`` would miss)."""
+    import json
+
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(layout_root / "tune"))
+    out = []
+    for t in analysis.trials:
+        if not t.last_result:
+            continue
+        folder = layout_root / "trials" / (t.custom_trial_name or str(t))
+        attempts = folder / "attempts.jsonl"
+        if not attempts.is_file():
+            out.append(float(t.last_result.get("time_total_s", 0.0)))
+            continue
+        start = json.loads(attempts.read_text().splitlines()[0])["time"]
+        end = float(t.last_result.get("timestamp", start))
+        if (folder / "metrics.json").is_file():
+            end = max(end, (folder / "metrics.json").stat().st_mtime)
+        out.append(end - start)
+    return out
+
+
+def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[str, Any]:
+    """Run one search to the end; its wall time, trial compute time and parents trained."""
+    from search.driver import launch
+    from search.results import TrialSummary
+
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    outcome = launch(space_file, name=name, storage=storage, reuse_parents=reuse, out=lines.append)
+    wall = time.perf_counter() - t0
+    if not outcome.finished:
+        raise RuntimeError(f"search {name} did not finish:\n" + "\n".join(lines[-20:]))
+    summaries = TrialSummary.load_all(outcome.layout)
+    compute = trial_compute_seconds(outcome.layout.root)
+    return {
+        "wall": wall,
+        "compute": sum(compute),
+        "trials": len(summaries),
+        "parents_trained": sum(s.metrics.get("parent/reused", 0.0) == 0.0 for s in summaries),
+        "epochs": sum(s.epoch for s in summaries),
+    }
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark, print its table, return the headline numbers (for benchmarks/run.py)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default=str(ROOT / "spaces" / "quick.yaml"))
+    p.add_argument("--num-samples", type=int, help="trials per search (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at a time (default: the space's)")
+    p.add_argument("--parent-epochs", type=int, help="override parent.epochs in base")
+    p.add_argument("--child-epochs", type=int, help="override child.epochs in base (ASHA grace capped to it)")
+    p.add_argument("--num-train", type=int, help="override data.num_train in base")
+    p.add_argument("--repeats", type=int, default=1, help="searches of each side (alternating order)")
+    p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2, help="CPUs given to the local Ray")
+    p.add_argument("--keep", help="keep the searches under this folder (default: a temp dir, removed)")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import ray
+
+    from search.space import space_from_dict
+
+    space_dict = trimmed_space(Path(args.space), args)
+    space = space_from_dict(space_dict, source="benchmark space")  # fail before Ray on a bad trim
+    concurrency = min(space.search.max_concurrent, int(args.num_cpus / space.search.resources.cpus))
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="bench-search-") if not args.keep else None
+    work = Path(tmp_ctx.name if tmp_ctx else args.keep).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    space_file = work / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space_dict, sort_keys=False))
+    print(f"space {args.space} with trims -> {space_file}:")
+    print("  base: " + yaml.safe_dump(space_dict.get("base", {}), default_flow_style=True).strip())
+    print(f"  {space.num_trials} trials, {space.search.max_concurrent} at a time, "
+          f"{space.search.resources.cpus:g} CPU each, scheduler "
+          f"{'none' if space.search.scheduler is None else 'asha'}; Ray with {args.num_cpus} CPUs; "
+          f"effective concurrency {concurrency}")
+
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    results: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    try:
+        for r in range(args.repeats):
+            for reuse in ((True, False) if r % 2 == 0 else (False, True)):
+                label = "reuse" if reuse else "noreuse"
+                res = one_search(space_file, work / "searches", f"bench-{label}-{r}", reuse)
+                results[reuse].append(res)
+                util = res["compute"] / (res["wall"] * concurrency)
+                print(f"  run {r} {label:>8}: wall {res['wall']:7.1f} s, trial compute {res['compute']:7.1f} s, "
+                      f"{res['trials']} trials / {res['epochs']} child epochs, parents trained "
+                      f"{res['parents_trained']}, utilisation {util:.2f}", flush=True)
+    finally:
+        ray.shutdown()
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+    def med(reuse: bool, key: str) -> float:
+        return statistics.median(x[key] for x in results[reuse])
+
+    ratio = med(True, "wall") / med(False, "wall")
+    util = {k: statistics.median(x["compute"] / (x["wall"] * concurrency) for x in v) for k, v in results.items()}
+    print(f"\n{'':>10}{'wall s':>10}{'compute s':>12}{'parents':>9}{'utilisation':>13}{'Tune overhead':>15}")
+    for reuse in (True, False):
+        print(f"{'reuse' if reuse else 'no reuse':>10}{med(reuse, 'wall'):>10.1f}{med(reuse, 'compute'):>12.1f}"
+              f"{med(reuse, 'parents_trained'):>9.0f}{util[reuse]:>13.2f}{1 - util[reuse]:>15.2f}")
+    print(f"wall-time ratio reuse/no-reuse = {ratio:.3f}; target < 0.65: {'met' if ratio < 0.65 else 'NOT met'}")
+    print("utilisation = sum(trial compute s) / (wall s x concurrency); Tune overhead = 1 - utilisation")
+    return {"ratio": ratio, "wall_reuse": med(True, "wall"), "wall_noreuse": med(False, "wall"),
+            "utilisation_reuse": util[True], "utilisation_noreuse": util[False]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
