@@ -86,16 +86,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from search.report import build_report
     from search.results import TrialSummary, format_table, trials_frame
-    from search.tracking import MlflowTracker
+    from search.tracking import JOURNAL, MlflowTracker, sync_pending
 
     layout, state, space = _open(args)
     tracker = None
     try:
-        tracker = MlflowTracker(state.mlflow_uri)
+        tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
         tracker.client.get_run(state.mlflow_parent_run_id or "")
     except Exception as exc:  # a report must not need the MLflow store to be up
         print(f"note: not logging to MLflow ({str(exc).strip().splitlines()[0][:120]})", file=sys.stderr)
         tracker = None
+    if tracker is not None:  # writes buffered while the store was away (search.tracking.MlflowTracker)
+        sent, pending = sync_pending(tracker, layout)
+        if sent or pending:
+            print(f"MLflow: sent {sent} buffered writes, {pending} still pending in {layout.root / JOURNAL}")
     files = build_report(layout, space, state, tracker=tracker)
     print(format_table(trials_frame(TrialSummary.load_all(layout), space)))
     for f in files:

@@ -46,7 +46,7 @@ from search.results import (
     trials_frame,
 )
 from search.space import NAME_RE, SearchSpace, load_space, space_from_dict
-from search.tracking import MlflowTracker, is_local_store
+from search.tracking import JOURNAL, MlflowTracker, is_local_store, sync_pending
 
 Printer = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -70,11 +70,19 @@ def _quiet_tune() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Keeping one checkpoint per trial forces an experiment snapshot per epoch: intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow's HTTP client retries a dead server for minutes (7 retries, backoff 2) inside Tune's
+    # event loop; the driver buffers writes instead (search.tracking.MlflowTracker), so fail fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthNote) for f in auth.filters):
+        auth.addFilter(_TokenAuthNote())
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RepeatedTrialErrors) for f in logger.filters):
@@ -90,6 +98,15 @@ class _RepeatedTrialErrors(logging.Filter):
         msg = str(record.msg)
         return not msg.startswith(("Trial task failed for trial", "Trials did not complete",
                                    "Failed to fetch metrics for"))
+
+
+class _TokenAuthNote(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" note, printed on every
+    local start when a token exists: it is not actionable, and a one-line error (say, a GPU
+    request on a CPU-only cluster) must stay one line. The "disabled" security warning stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _token_available() -> bool:
@@ -416,10 +433,31 @@ def resume(name_or_dir: str, *, storage: str | Path | None = None, address: str 
 
 def _run(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None,
          restore: bool, out: Printer) -> Outcome:
+    (layout.root / "abort.txt").unlink(missing_ok=True)
+    tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
+    assert state.mlflow_parent_run_id
+    sent, _ = sync_pending(tracker, layout)  # left over from an earlier run whose store went away
+    if sent:
+        out(f"MLflow: sent {sent} buffered writes to {state.mlflow_uri}")
+    try:
+        return _run_tuner(space, layout, state, address, restore, out, tracker)
+    finally:
+        _note_pending(tracker, layout, state, out)
+
+
+def _note_pending(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, out: Printer) -> None:
+    """The one line a user needs when the MLflow store went away: results are safe locally."""
+    _, pending = sync_pending(tracker, layout)
+    if pending:
+        out(f"MLflow: {state.mlflow_uri} is unreachable; {pending} writes are kept in {layout.root / JOURNAL} "
+            f"(trial results are safe in {layout.trials_dir}); `compvae-search report {layout.root}` "
+            "sends them once the store is back")
+
+
+def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None,
+               restore: bool, out: Printer, tracker: MlflowTracker) -> Outcome:
     from ray import tune
 
-    (layout.root / "abort.txt").unlink(missing_ok=True)
-    tracker = MlflowTracker(state.mlflow_uri)
     assert state.mlflow_parent_run_id
     try:
         if restore and tune.Tuner.can_restore(str(layout.tune_dir)):
@@ -472,7 +510,7 @@ def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summari
     from search.export import export_best
     from search.report import build_report
 
-    tracker = MlflowTracker(state.mlflow_uri)
+    tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
     assert state.mlflow_parent_run_id
     build_report(layout, space, state, tracker=tracker)
     best = best_trials(summaries, space)

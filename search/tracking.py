@@ -17,13 +17,22 @@ restore. Here a Tune :class:`Callback` (it runs in the driver) does all the writ
   a failed trial ends FAILED with the error as the ``error`` tag.
 
 The callback also writes ``trials/<trial>/summary.json`` (see :mod:`search.results`).
+
+A store that goes away mid-search (an ``mlflow server`` restarted, a network cut) must not stop
+the training or lose results: :class:`MlflowTracker` journals writes it cannot send to
+``<search>/mlflow_pending.jsonl`` and replays them, in order, when the store answers again (tried
+every ``RECONNECT_EVERY_S`` while the search runs, at the start and end of every launch/resume,
+and by ``compvae-search report``). A store unreachable at *launch* is still one error line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -53,6 +62,9 @@ PARENT_HASH_PARAM = "parent/hash"
 PARENT_REUSED = "parent/reused"  # metric and tag: 0 = this trial trained its parent, 1 = reused
 MAX_TAG = 5000
 _BATCH = 100
+# Writes buffered while the MLflow store is unreachable (see MlflowTracker), in the search folder.
+JOURNAL = "mlflow_pending.jsonl"
+log = logging.getLogger(__name__)
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -106,14 +118,180 @@ def is_local_store(uri: str) -> bool:
     return urlparse(uri).scheme not in ("http", "https", "databricks")
 
 
+PENDING_PREFIX = "pending-"
+RECONNECT_EVERY_S = 20.0
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the tracking store cannot be reached right now" (connection
+    refused, timeout, a server answering 5xx until retries ran out), as opposed to a request
+    the store rejects. Only the former is journaled: replaying a rejected write would fail again."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (ConnectionError, TimeoutError)):
+            return True
+        if type(cur).__module__.startswith(("requests", "urllib3")):
+            return True
+        text = str(cur)
+        if "Max retries exceeded" in text or "Failed to establish a new connection" in text:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 class MlflowTracker:
     """Thin, explicit MlflowClient wrapper (no fluent global state: the driver may also run
-    other MLflow code, and a callback must never depend on an "active run")."""
+    other MLflow code, and a callback must never depend on an "active run").
 
-    def __init__(self, uri: str) -> None:
+    With a ``journal`` file, writes survive a tracking store that goes away: a write that fails
+    because the store is unreachable, and every write after it, is appended to the journal
+    (JSON lines, in order) instead of raising, so the search keeps training and nothing is lost.
+    Runs created meanwhile get a ``pending-...`` placeholder id. Every ``RECONNECT_EVERY_S`` the
+    next write tries :meth:`flush`, which replays the journal in order (a trial run is first
+    looked up by its trial-id tag, so a replay never duplicates it) and goes back online. The
+    driver flushes at the start and end of every launch/resume, and ``compvae-search report``
+    flushes too, so whatever is still pending when a search ends is sent once the store is back.
+    Without a journal (report, export of a finished search) errors raise as before.
+    """
+
+    def __init__(self, uri: str, journal: Path | None = None) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        self.journal = journal
+        self.offline_reason: str | None = None
+        self.resolved: dict[str, str] = {}  # placeholder run id -> real run id, after a flush
+        self._next_try = 0.0
 
+    # ---- journal -------------------------------------------------------------------------------
+    def pending(self) -> int:
+        """Writes waiting in the journal."""
+        if self.journal is None or not self.journal.is_file():
+            return 0
+        return sum(1 for line in self.journal.read_text().splitlines() if line.strip())
+
+    def _append(self, op: str, args: dict[str, Any]) -> None:
+        assert self.journal is not None
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal, "a") as fh:
+            fh.write(json.dumps({"op": op, "args": args, "time": time.time()}) + "\n")
+            fh.flush()
+
+    def _go_offline(self, exc: BaseException) -> None:
+        if self.offline_reason is None:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.offline_reason = first[:200]
+            log.warning("MLflow store %s unreachable (%s); buffering writes in %s", self.uri, self.offline_reason,
+                        self.journal)
+        self._next_try = time.monotonic() + RECONNECT_EVERY_S
+
+    def _write(self, op: str, **args: Any) -> Any:
+        """Apply a write now, or journal it (see class docstring). Returns what the op returns
+        (a run id for ``create_run``; a placeholder when journaled)."""
+        if self.journal is None:
+            return self._apply(op, args)
+        if self.pending() and not self._try_flush():
+            return self._journal(op, args)
+        try:
+            return self._apply(op, args)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self._go_offline(exc)
+            return self._journal(op, args)
+
+    def _journal(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "create_run" and not args.get("placeholder"):
+            args = {**args, "placeholder": f"{PENDING_PREFIX}{uuid.uuid4().hex}"}
+        if op == "log_metrics" and "timestamp" not in args:
+            args = {**args, "timestamp": int(time.time() * 1000)}
+        self._append(op, args)
+        return args.get("placeholder")
+
+    def _try_flush(self) -> bool:
+        if time.monotonic() < self._next_try:
+            return False
+        try:
+            self.flush()
+        except Exception as exc:  # a store that answers but rejects a write: keep the journal
+            self._go_offline(exc)
+        return self.pending() == 0
+
+    def flush(self) -> int:
+        """Replay the journal in order; returns how many writes were sent. On an unreachable
+        store the unsent rest is written back (with ids resolved so far) and stays pending."""
+        if self.journal is None or not self.journal.is_file():
+            return 0
+        ops = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
+        sent = 0
+        for i, entry in enumerate(ops):
+            try:
+                self._apply(entry["op"], entry["args"])
+            except Exception as exc:
+                if not unreachable(exc):
+                    log.warning("MLflow rejected a buffered %s (%s); dropped", entry["op"], exc)
+                    sent += 1
+                    continue
+                self._go_offline(exc)
+                rest = [{**e, "args": self._resolve_args(e["args"])} for e in ops[i:]]
+                tmp = self.journal.with_name(self.journal.name + ".tmp")
+                tmp.write_text("".join(json.dumps(e) + "\n" for e in rest))
+                os.replace(tmp, self.journal)
+                return sent
+            sent += 1
+        self.journal.unlink(missing_ok=True)
+        self.offline_reason = None
+        return sent
+
+    def _resolve_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        run_id = args.get("run_id")
+        return {**args, "run_id": self.resolved.get(run_id, run_id)} if run_id else args
+
+    def _apply(self, op: str, args: dict[str, Any]) -> Any:
+        args = self._resolve_args(args)
+        run_id = args.get("run_id")
+        if isinstance(run_id, str) and run_id.startswith(PENDING_PREFIX):
+            raise ConnectionError(f"run {run_id} is not created in MLflow yet")
+        if op == "create_run":
+            tags = args["tags"]
+            existing = None
+            if TRIAL_ID_TAG in tags and "mlflow.parentRunId" in tags:
+                existing = self._find(args["experiment_id"], tags["mlflow.parentRunId"], tags[TRIAL_ID_TAG])
+            real = (existing.info.run_id if existing is not None else
+                    self.client.create_run(args["experiment_id"], run_name=args["run_name"], tags=tags).info.run_id)
+            if args.get("placeholder"):
+                self.resolved[args["placeholder"]] = real
+            return real
+        if op == "set_status":
+            if args["status"] == "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                self.client.set_terminated(run_id, status=args["status"])
+        elif op == "log_params":
+            items = [Param(k, _param_value(v)[:6000]) for k, v in args["params"].items()]
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(run_id, params=items[i : i + _BATCH])
+        elif op == "log_metrics":
+            ts = args.get("timestamp") or int(time.time() * 1000)
+            items = [Metric(k, v, ts, args["step"]) for k, v in args["metrics"].items()]
+            for i in range(0, len(items), 1000):
+                self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        elif op == "set_tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in args["tags"].items()])
+        elif op == "log_artifact":
+            path = Path(args["path"])
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), args.get("artifact_path"))
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path), args.get("artifact_path"))
+        elif op == "log_text":
+            self.client.log_text(run_id, args["text"], args["artifact_file"])
+        else:
+            raise ValueError(f"unknown tracking op {op!r}")
+        return None
+
+    # ---- reads and set-up (never journaled: they need an answer) ----------------------------------
     def ensure_experiment(self, name: str, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
@@ -124,46 +302,70 @@ class MlflowTracker:
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         return run.info.run_id
 
-    def set_status(self, run_id: str, status: str) -> None:
-        if status == "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            self.client.set_terminated(run_id, status=status)
-
-    def find_trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str) -> Any | None:
+    def _find(self, experiment_id: str, parent_run_id: str, trial_id: str) -> Any | None:
         runs = self.client.search_runs(
             [experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{TRIAL_ID_TAG} = '{trial_id}'",
             max_results=2)
         return runs[0] if runs else None
 
+    def _read(self, fn: Any, default: Any) -> Any:
+        """A lookup; while the store is unreachable (journal mode only) it answers ``default``."""
+        if self.journal is not None and self.pending() and not self._try_flush():
+            return default
+        try:
+            return fn()
+        except Exception as exc:
+            if self.journal is None or not unreachable(exc):
+                raise
+            self._go_offline(exc)
+            return default
+
+    def find_trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str) -> Any | None:
+        return self._read(lambda: self._find(experiment_id, parent_run_id, trial_id), None)
+
     def trial_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
-        return list(self.client.search_runs(
+        return self._read(lambda: list(self.client.search_runs(
             [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-            max_results=10000))
+            max_results=10000)), [])
+
+    # ---- writes ------------------------------------------------------------------------------------
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        return str(self._write("create_run", experiment_id=experiment_id, run_name=run_name, tags=tags))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self._write("set_status", run_id=run_id, status=status)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        items = [Param(k, _param_value(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, params=items[i : i + _BATCH])
+        self._write("log_params", run_id=run_id, params=params)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        self._write("log_metrics", run_id=run_id, metrics=metrics, step=step)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()])
+        self._write("set_tags", run_id=run_id, tags={k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        if path.is_dir():
-            self.client.log_artifacts(run_id, str(path), artifact_path)
-        elif path.is_file():
-            self.client.log_artifact(run_id, str(path), artifact_path)
+        self._write("log_artifact", run_id=run_id, path=str(path), artifact_path=artifact_path)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+        self._write("log_text", run_id=run_id, text=text, artifact_file=artifact_file)
+
+
+def sync_pending(tracker: MlflowTracker, layout: SearchLayout) -> tuple[int, int]:
+    """Send buffered MLflow writes if the store is back; point trial summaries that still hold a
+    placeholder run id at the real run. Returns (writes sent, writes still pending)."""
+    try:
+        sent = tracker.flush()
+    except Exception as exc:  # the store answers but fails otherwise: keep the journal for later
+        log.warning("could not send buffered MLflow writes: %s", exc)
+        sent = 0
+    if tracker.resolved:
+        for summary in TrialSummary.load_all(layout):
+            if summary.mlflow_run_id in tracker.resolved:
+                summary.mlflow_run_id = tracker.resolved[summary.mlflow_run_id]
+                summary.save(layout)
+    return sent, tracker.pending()
 
 
 class ObjectiveGuard(Stopper):
@@ -235,7 +437,7 @@ class TrackingCallback(Callback):
     @property
     def tracker(self) -> MlflowTracker:
         if self._tracker is None:
-            self._tracker = MlflowTracker(self.mlflow_uri)
+            self._tracker = MlflowTracker(self.mlflow_uri, journal=Path(self.root) / JOURNAL)
         return self._tracker
 
     @property
@@ -292,8 +494,7 @@ class TrackingCallback(Callback):
             "compvae.search": self.layout.name,
             "searched_params": ",".join(self.space.params),
         }
-        run = self.tracker.client.create_run(self.experiment_id, run_name=trial_label(trial), tags=tags)
-        run_id = run.info.run_id
+        run_id = self.tracker.create_run(self.experiment_id, trial_label(trial), tags)
         if cfg is not None:
             self.tracker.log_params(run_id, {**cfg.flat(), PARENT_HASH_PARAM: parent_key(cfg)})
             self.tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
