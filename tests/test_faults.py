@@ -1,0 +1,243 @@
+"""Faults during a real search: each test drives the real ``compvae-search`` CLI in a subprocess
+(its own local Ray), injects a real fault at a point read from the search's own state, and then
+checks every store the search writes: Tune's experiment, the Optuna study and MLflow.
+
+Covered elsewhere (not repeated here): Ctrl-C then ``resume`` (``test_search_e2e.py::
+test_resume_after_ctrl_c``), a driver killed with SIGKILL then ``resume`` (``test_search_e2e.py::
+test_resume_after_killed_driver``, slow), a trial that raises once and is retried from its
+checkpoint and a trial that fails on every attempt (``test_search_e2e.py::
+test_multi_objective_grid_failures_and_retry``), an MLflow server unreachable at launch
+(``test_search_cluster.py`` and ``test_bad_input.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis
+
+from search.cli import main
+from search.layout import SearchLayout, SearchState
+from search.results import COMPLETED, FAILED, TrialSummary
+from search.tracking import JOURNAL, TRIAL_ID_TAG
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _space(tmp: Path, params: dict[str, Any], epochs: int, **search: Any) -> Path:
+    """A grid space on the tiny preset: the grid fixes which trial gets which value."""
+    data = {
+        "name": "faults",
+        "preset": "tiny",
+        "base": {"child": {"epochs": epochs}},
+        "params": params,
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
+                   "resources": {"cpus": 1, "gpus": 0}, **search},
+    }
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _launch(tmp: Path, space: Path, name: str, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "launch", str(space), "--storage", str(tmp / "s"), "--name", name,
+         *extra], cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"search did not finish in {timeout}s:\n{out[-3000:]}") from None
+    return out
+
+
+def _wait(cond: Callable[[], Any], proc: subprocess.Popen, what: str, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{out[-3000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _summary(layout: SearchLayout, trial: str) -> TrialSummary | None:
+    path = layout.trial_dir(trial) / "summary.json"
+    try:
+        return TrialSummary(**json.loads(path.read_text())) if path.is_file() else None
+    except ValueError:  # caught between write and rename cannot happen (atomic), but be safe
+        return None
+
+
+def _attempts(layout: SearchLayout, trial: str) -> list[dict[str, Any]]:
+    path = layout.trial_dir(trial) / "attempts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _check_stores(layout: SearchLayout, client: MlflowClient | None = None) -> dict[str, Any]:
+    """Every trial ends exactly once in Tune, Optuna and MLflow; the parent run is closed and no
+    run is left RUNNING. Returns the nested runs by trial name."""
+    state = SearchState.load(layout)
+    assert state.status == "finished"
+    summaries = TrialSummary.load_all(layout)
+    analysis = ExperimentAnalysis(str(layout.tune_dir))
+    assert sorted(t.trial_id for t in analysis.trials) == sorted(s.trial_id for s in summaries)
+    tune_status = {t.trial_id: t.status for t in analysis.trials}
+    for s in summaries:
+        assert tune_status[s.trial_id] == ("ERROR" if s.status == FAILED else "TERMINATED"), (s.name, s.status)
+    study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
+    assert len(study.trials) == len(summaries)
+    assert sorted(t.state.name for t in study.trials) == sorted(
+        "FAIL" if s.status == FAILED else "COMPLETE" for s in summaries)
+    client = client or MlflowClient(state.mlflow_uri)
+    assert client.get_run(state.mlflow_parent_run_id).info.status == "FINISHED"
+    runs = client.search_runs([state.mlflow_experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{state.mlflow_parent_run_id}'")
+    assert sorted(r.data.tags[TRIAL_ID_TAG] for r in runs) == sorted(s.trial_id for s in summaries)  # no dupes
+    by_name = {r.info.run_name: r for r in runs}
+    for s in summaries:
+        run = by_name[s.name]
+        assert run.info.status == ("FAILED" if s.status == FAILED else "FINISHED"), (s.name, run.info.status)
+        assert s.mlflow_run_id == run.info.run_id
+        if s.status == COMPLETED:  # each epoch logged exactly once
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "child/train_loss")]
+            assert steps == list(range(1, s.epoch + 1)), (s.name, steps)
+    return by_name
+
+
+# ---- a trial whose loss goes NaN ------------------------------------------------------------------
+def test_nan_trial_ends_failed_with_its_message_and_the_search_completes(tmp_path):
+    # child.lr 1.0 makes the child's first step NaN (a real divergence, nothing injected)
+    space = _space(tmp_path, {"child.lr": {"choice": [0.001, 1.0]}}, epochs=2)
+    proc = _launch(tmp_path, space, "nan")
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    layout = SearchLayout(tmp_path / "s" / "nan")
+    by_lr = {s.params["child.lr"]: s for s in TrialSummary.load_all(layout)}
+    good, bad = by_lr[0.001], by_lr[1.0]
+    assert good.status == COMPLETED and good.epoch == 2
+    assert bad.status == FAILED and bad.error == "TrainingDiverged: step 1: term loss is nan", bad.error
+    # retried up to max_failures (1): two attempts; it diverged before its first checkpoint,
+    # so both started from scratch (retry *from a checkpoint* is covered by the kill test below)
+    assert [a["resumed_from_epoch"] for a in _attempts(layout, bad.name)] == [0, 0]
+    assert bad.retries == 1
+    assert f"{bad.name}" in out and "TrainingDiverged" in out and "Traceback" not in out
+    runs = _check_stores(layout)
+    run = runs[bad.name]
+    assert run.data.tags["error"] == bad.error and run.data.tags["trial_status"] == FAILED
+    assert "nan" in run.data.tags["last_error"]
+
+
+# ---- the process running a trial is killed ---------------------------------------------------------
+def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
+    epochs = 4
+    space = _space(tmp_path, {"child.masking_mode": {"choice": ["loss"]}}, epochs=epochs)
+    proc = _launch(tmp_path, space, "killtrial")
+    layout = SearchLayout(tmp_path / "s" / "killtrial")
+    trial = "trial_00001"
+    # Tune registers a result's checkpoint just after the callbacks see the result: once epoch 2
+    # is reported, the epoch-1 checkpoint is certainly registered.
+    _wait(lambda: (s := _summary(layout, trial)) is not None and s.epoch >= 2, proc, "epoch 2 of the trial")
+    first = _attempts(layout, trial)
+    assert len(first) == 1 and first[0]["resumed_from_epoch"] == 0
+    killed_at = _summary(layout, trial).epoch  # type: ignore[union-attr]
+    os.kill(first[0]["pid"], signal.SIGKILL)  # the Ray worker running the trial
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    attempts = _attempts(layout, trial)
+    assert len(attempts) == 2 and attempts[1]["pid"] != first[0]["pid"], attempts
+    assert 1 <= attempts[1]["resumed_from_epoch"] <= killed_at, (attempts, killed_at)
+    s = _summary(layout, trial)
+    assert s is not None and s.status == COMPLETED and s.epoch == epochs and s.retries == 1
+    run = _check_stores(layout)[trial]
+    assert run.data.tags["retries"] == "1"
+    # the retried trial reported the epochs after its checkpoint; MLflow holds each epoch once
+    results = (layout.tune_dir / trial / "result.json").read_text().splitlines()
+    reported = [int(json.loads(line)["epoch"]) for line in results if line.strip()]
+    assert reported[-(epochs - attempts[1]["resumed_from_epoch"]):] == list(
+        range(attempts[1]["resumed_from_epoch"] + 1, epochs + 1)), reported
+
+
+# ---- the MLflow server goes away mid-search ----------------------------------------------------------
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _start_server(tmp: Path, port: int) -> subprocess.Popen:
+    log = open(tmp / f"mlflow-server-{port}.log", "a")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+         "--artifacts-destination", str(tmp / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), proc, "mlflow server", timeout=120)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.mark.slow  # two MLflow server starts plus a search: ~2-3 min on 2 busy cores
+def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_port):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    try:
+        space = _space(tmp_path, {"child.masking_mode": {"choice": ["loss", "both"]}}, epochs=3)
+        proc = _launch(tmp_path, space, "lostserver", "--mlflow-uri", uri)
+        layout = SearchLayout(tmp_path / "s" / "lostserver")
+        # the first epoch has reached MLflow (the callback logs it before writing the summary)
+        _wait(lambda: any(s.epoch >= 1 for s in TrialSummary.load_all(layout)) if layout.trials_dir.is_dir()
+              else False, proc, "a first epoch")
+        _stop(server)
+        out = _finish(proc)
+        assert proc.returncode == 0, out  # trials kept training; the search finished
+        assert "is unreachable;" in out and JOURNAL in out, out
+        summaries = TrialSummary.load_all(layout)
+        assert len(summaries) == 2 and all(s.status == COMPLETED and s.epoch == 3 for s in summaries)
+        assert (layout.root / JOURNAL).is_file()
+        assert SearchState.load(layout).status == "finished"
+
+        server = _start_server(tmp_path, port)  # the store comes back (same database)
+        assert main(["report", str(layout.root)]) == 0
+        assert not (layout.root / JOURNAL).exists()  # everything sent
+        _check_stores(layout, MlflowClient(uri))
+    finally:
+        _stop(server)
