@@ -241,3 +241,32 @@ def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_p
         _check_stores(layout, MlflowClient(uri))
     finally:
         _stop(server)
+
+
+# ---- the driver killed with SIGKILL, then `resume` ----------------------------------------------------
+def test_driver_sigkill_then_resume_every_trial_once_everywhere(tmp_path):
+    """Stricter than the e2e SIGKILL test: the CLI both times, and every store checked by
+    :func:`_check_stores` (one Tune trial, one Optuna trial, one MLflow run per trial)."""
+    epochs = 4
+    space = _space(tmp_path, {"child.masking_mode": {"choice": ["loss", "both", "input"]}}, epochs=epochs)
+    proc = _launch(tmp_path, space, "sigkill")
+    layout = SearchLayout(tmp_path / "s" / "sigkill")
+    _wait(lambda: layout.trials_dir.is_dir() and any(s.epoch >= 2 for s in TrialSummary.load_all(layout)),
+          proc, "a trial at epoch 2")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray: nothing shuts down cleanly
+    proc.wait(timeout=30)
+    before = {s.name: s for s in TrialSummary.load_all(layout)}
+    assert all(s.status == "RUNNING" for s in before.values()), before
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "resume", "sigkill", "--storage",
+                              str(tmp_path / "s")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = [s for s in TrialSummary.load_all(layout) if s.status != "LOST"]
+    assert len(after) == 3 and all(s.status == COMPLETED and s.epoch == epochs for s in after), after
+    for s in after:  # a trial that had a checkpoint went on from it, not from scratch
+        old = before.get(s.name)
+        starts = [a["resumed_from_epoch"] for a in _attempts(layout, s.name)]
+        if old is not None and old.trial_id == s.trial_id and old.epoch >= 2:
+            assert starts[-1] >= 1, (s.name, starts)
+    _check_stores(layout)
