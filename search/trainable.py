@@ -3,7 +3,8 @@
 Checkpointing: ``run_trial`` keeps its resumable state in a ``checkpoint_dir`` and calls
 ``report(metrics, epoch)`` once per child epoch *after* that epoch's state is on disk. The
 report callback here snapshots that directory as a Tune checkpoint together with the result,
-so Tune's copy always matches the epoch it is reported with. A retried trial
+so Tune's copy always matches the epoch it is reported with. The final epoch's result is held
+back until ``run_trial`` has written its outputs (see the end of :func:`trial_fn`). A retried trial
 (``FailureConfig``) or a resumed search gets it back from ``tune.get_checkpoint()`` and
 ``run_trial`` continues from that epoch.
 
@@ -101,14 +102,28 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         return
     fault_at = _fault_epoch(layout.name, name) if checkpoint is None else None
 
-    def report(metrics: dict[str, float], epoch: int) -> None:
+    final: list[tuple[dict[str, float], int]] = []
+
+    def send(metrics: dict[str, float], epoch: int) -> None:
         (state / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
         tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(str(state)))
+
+    def report(metrics: dict[str, float], epoch: int) -> None:
+        if epoch >= cfg.child.epochs:
+            final.append((dict(metrics), epoch))  # sent once the outputs are written, see below
+            return
+        send(metrics, epoch)
         if fault_at is not None and epoch == fault_at:
             raise InjectedFault(f"injected fault after epoch {epoch} ({FAULT_ENV})")
 
     try:
         run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
                   parent_store=layout.parents_dir if reuse_parents else None, progress=False)
+        # The last epoch is reported only now, after run_trial wrote metrics.json, figures and
+        # weights: Tune may stop a trial on any result (an ASHA rung can fall on the last epoch),
+        # which would otherwise kill it mid-write; and a checkpoint at the final epoch then
+        # always comes with finished outputs, so a restore finds it `already_finished`.
+        for metrics, epoch in final:
+            send(metrics, epoch)
     finally:
         shutil.rmtree(work, ignore_errors=True)

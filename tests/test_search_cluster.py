@@ -36,7 +36,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 3  # ray start --block and mlflow server linger on SIGTERM
         while time.monotonic() < deadline:
             proc.poll()  # reap the leader
             try:
