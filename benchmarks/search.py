@@ -81,6 +81,28 @@ def trial_compute_seconds(layout_root: Path) -> list[float]:
     return out
 
 
+def snapshot_code(dest: Path) -> Path:
+    """Copy ``compvae/`` and ``search/`` to ``dest``, put it first on the import path of this
+    process and of the Ray workers it starts (``PYTHONPATH``), and make it the working directory.
+
+    Why: a parent's store key includes a fingerprint of the code that trains it, computed in each
+    trial. With an editable install, anyone editing ``compvae/`` while the benchmark runs (a shared
+    working tree) changes the key mid-search, so the reuse side retrains parents it already has
+    and the ratio measures the edits, not reuse. Trials import from the frozen copy instead.
+    """
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for package in ("compvae", "search"):
+        shutil.copytree(ROOT / package, dest / package, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(dest))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [os.environ.get("PYTHONPATH")])])
+    # Ray workers put the driver's working directory first on their path: leave the tree.
+    os.chdir(dest)
+    return dest
+
+
 def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[str, Any]:
     """Run one search to the end; its wall time, trial compute time and parents trained."""
     from search.driver import launch
@@ -115,6 +137,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--repeats", type=int, default=1, help="searches of each side (alternating order)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2, help="CPUs given to the local Ray")
     p.add_argument("--keep", help="keep the searches under this folder (default: a temp dir, removed)")
+    p.add_argument("--live-code", action="store_true",
+                   help="run the working tree's code, not a snapshot of it (see snapshot_code)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -128,6 +152,9 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     tmp_ctx = tempfile.TemporaryDirectory(prefix="bench-search-") if not args.keep else None
     work = Path(tmp_ctx.name if tmp_ctx else args.keep).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    if not args.live_code:
+        print(f"code snapshot for the trials: {snapshot_code(work / 'code')}")
     space_file = work / "space.yaml"
     space_file.write_text(yaml.safe_dump(space_dict, sort_keys=False))
     print(f"space {args.space} with trims -> {space_file}:")
@@ -152,6 +179,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                       f"{res['parents_trained']}, utilisation {util:.2f}", flush=True)
     finally:
         ray.shutdown()
+        os.chdir(cwd)
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
 
