@@ -498,10 +498,16 @@ def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, stat
     state.status = status
     state.save(layout)
     try:
-        assert state.mlflow_parent_run_id
+        assert state.mlflow_parent_run_id and state.mlflow_experiment_id
+        # Trials in flight when the driver stopped get no Tune end event: close their runs too,
+        # so nothing is left RUNNING in MLflow. Resume finds them by trial id and reopens them.
+        for run in tracker.trial_runs(state.mlflow_experiment_id, state.mlflow_parent_run_id):
+            if run.info.status == "RUNNING":
+                tracker.set_tags(run.info.run_id, {"trial_status": f"interrupted (search {status})"})
+                tracker.set_status(run.info.run_id, run_status)
         tracker.set_status(state.mlflow_parent_run_id, run_status)
     except Exception as exc:  # never mask the original problem with a tracking one
-        log.warning("could not mark the MLflow parent run %s: %s", run_status, exc)
+        log.warning("could not mark the MLflow runs %s: %s", run_status, exc)
 
 
 def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summaries: list[TrialSummary],
