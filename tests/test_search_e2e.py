@@ -298,6 +298,9 @@ def _interrupt_and_resume(ray_local, write_space, tmp_path, sig: int, name: str)
         assert proc.returncode == 130, out
         assert f"compvae-search resume {layout.root}" in out
         assert SearchState.load(layout).status == "interrupted"
+        stopped = SearchState.load(layout)  # the driver closed every run it left unfinished
+        assert _client(stopped).get_run(stopped.mlflow_parent_run_id).info.status == "KILLED"
+        assert "RUNNING" not in {r.info.status for r in _nested_runs(stopped)}, _nested_runs(stopped)
 
     assert main(["resume", name, "--storage", str(storage)]) == 0
     state = SearchState.load(layout)
