@@ -510,6 +510,23 @@ def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, stat
         log.warning("could not mark the MLflow runs %s: %s", run_status, exc)
 
 
+def _close_orphaned_study_trials(state: SearchState) -> None:
+    """A driver killed (SIGKILL) between Optuna's ``ask`` and Tune's next experiment snapshot
+    leaves a study trial that no Tune trial owns; resume samples a new one in its place. Once the
+    search is finished every live trial has been told, so any study trial still RUNNING is such
+    an orphan: mark it FAIL (Optuna cannot delete trials) so the study has none left RUNNING."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(t._trial_id, "orphaned", "lost when the driver was killed")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except Exception as exc:  # bookkeeping only: never fail a finished search over it
+        log.warning("could not close orphaned Optuna trials: %s", exc)
+
+
 def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summaries: list[TrialSummary],
            out: Printer) -> None:
     """End of a search: table, report and export into the search folder and the parent run."""
@@ -518,6 +535,7 @@ def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summari
 
     tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
     assert state.mlflow_parent_run_id
+    _close_orphaned_study_trials(state)
     build_report(layout, space, state, tracker=tracker)
     best = best_trials(summaries, space)
     if best:
