@@ -110,8 +110,12 @@ def _check_stores(layout: SearchLayout, client: MlflowClient | None = None) -> d
     for s in summaries:
         assert tune_status[s.trial_id] == ("ERROR" if s.status == FAILED else "TERMINATED"), (s.name, s.status)
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
-    assert len(study.trials) == len(summaries)
-    assert sorted(t.state.name for t in study.trials) == sorted(
+    assert "RUNNING" not in {t.state.name for t in study.trials}
+    # a SIGKILL between Optuna's ask and Tune's snapshot orphans a study trial: closed as FAIL
+    owned = [t for t in study.trials if "orphaned" not in t.user_attrs]
+    assert all(t.state.name == "FAIL" for t in study.trials if "orphaned" in t.user_attrs)
+    assert len(owned) == len(summaries)
+    assert sorted(t.state.name for t in owned) == sorted(
         "FAIL" if s.status == FAILED else "COMPLETE" for s in summaries)
     client = client or MlflowClient(state.mlflow_uri)
     assert client.get_run(state.mlflow_parent_run_id).info.status == "FINISHED"
