@@ -47,7 +47,7 @@ from ray.tune.stopper import Stopper
 from compvae.config import TrialConfig
 from compvae.errors import ConfigError, UserError
 from compvae.parent_store import parent_key
-from search.layout import SearchLayout
+from search.layout import SearchLayout, SearchState
 from search.results import COMPLETED, FAILED, LOST, RUNNING, STOPPED, TrialSummary
 from search.space import SearchSpace, space_from_dict
 
@@ -171,6 +171,13 @@ class MlflowTracker:
             return 0
         return sum(1 for line in self.journal.read_text().splitlines() if line.strip())
 
+    def _has_pending(self) -> bool:
+        """Cheap check for the write path (a stat, not a read of the whole journal)."""
+        try:
+            return self.journal is not None and self.journal.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
     def _append(self, op: str, args: dict[str, Any]) -> None:
         assert self.journal is not None
         self.journal.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +198,7 @@ class MlflowTracker:
         (a run id for ``create_run``; a placeholder when journaled)."""
         if self.journal is None:
             return self._apply(op, args)
-        if self.pending() and not self._try_flush():
+        if self._has_pending() and not self._try_flush():
             return self._journal(op, args)
         try:
             return self._apply(op, args)
@@ -252,7 +259,7 @@ class MlflowTracker:
         args = self._resolve_args(args)
         run_id = args.get("run_id")
         if isinstance(run_id, str) and run_id.startswith(PENDING_PREFIX):
-            raise ConnectionError(f"run {run_id} is not created in MLflow yet")
+            raise ValueError(f"run {run_id} was never created in MLflow (its creation was rejected)")
         if op == "create_run":
             tags = args["tags"]
             existing = None
@@ -311,7 +318,7 @@ class MlflowTracker:
 
     def _read(self, fn: Any, default: Any) -> Any:
         """A lookup; while the store is unreachable (journal mode only) it answers ``default``."""
-        if self.journal is not None and self.pending() and not self._try_flush():
+        if self.journal is not None and self._has_pending() and not self._try_flush():
             return default
         try:
             return fn()
@@ -360,12 +367,20 @@ def sync_pending(tracker: MlflowTracker, layout: SearchLayout) -> tuple[int, int
     except Exception as exc:  # the store answers but fails otherwise: keep the journal for later
         log.warning("could not send buffered MLflow writes: %s", exc)
         sent = 0
-    if tracker.resolved:
-        for summary in TrialSummary.load_all(layout):
-            if summary.mlflow_run_id in tracker.resolved:
-                summary.mlflow_run_id = tracker.resolved[summary.mlflow_run_id]
+    pending = tracker.pending()
+    stale = [x for x in TrialSummary.load_all(layout) if (x.mlflow_run_id or "").startswith(PENDING_PREFIX)]
+    if stale and not pending:
+        state = SearchState.load(layout)
+        for summary in stale:
+            real = tracker.resolved.get(summary.mlflow_run_id or "")
+            if real is None and state.mlflow_experiment_id and state.mlflow_parent_run_id:
+                run = tracker.find_trial_run(state.mlflow_experiment_id, state.mlflow_parent_run_id,
+                                             summary.trial_id)
+                real = run.info.run_id if run is not None else None
+            if real is not None:
+                summary.mlflow_run_id = real
                 summary.save(layout)
-    return sent, tracker.pending()
+    return sent, pending
 
 
 class ObjectiveGuard(Stopper):
@@ -472,6 +487,8 @@ class TrackingCallback(Callback):
         """The trial's nested run: cached, else found by its trial_id tag, else created."""
         run_id = self._runs.get(trial.trial_id)
         if run_id is not None:
+            run_id = self.tracker.resolved.get(run_id, run_id)  # a placeholder sent meanwhile
+            self._runs[trial.trial_id] = run_id
             return run_id
         existing = self.tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial.trial_id)
         if existing is not None:
