@@ -274,3 +274,36 @@ def test_driver_sigkill_then_resume_every_trial_once_everywhere(tmp_path):
         if old is not None and old.trial_id == s.trial_id and old.epoch >= 2:
             assert starts[-1] >= 1, (s.name, starts)
     _check_stores(layout)
+
+
+# ---- the write journal itself (fast: a dead URL, then a real SQLite store) ----------------------
+def test_journal_keeps_order_and_replays_without_duplicates(tmp_path, monkeypatch):
+    from search.tracking import PENDING_PREFIX, MlflowTracker
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    store = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = store.ensure_experiment("j", (tmp_path / "art").as_uri())
+    parent = store.start_parent(exp, "search", {})
+    journal = tmp_path / JOURNAL
+    down = MlflowTracker("http://127.0.0.1:9", journal=journal)  # nothing listens there
+    tags = {"mlflow.parentRunId": parent, TRIAL_ID_TAG: "t1"}
+    run = down.create_run(exp, "trial_00001", tags)
+    assert run.startswith(PENDING_PREFIX) and down.offline_reason
+    for epoch in (1, 2):
+        down.log_metrics(run, {"child/mig": 0.1 * epoch}, step=epoch)
+    down.set_status(run, "FINISHED")
+    assert down.pending() == 4 and down.find_trial_run(exp, parent, "t1") is None
+    # the same journal replayed against the store once it answers (same shape as the real URI
+    # coming back), twice: the second flush has nothing left to send
+    up = MlflowTracker(store.uri, journal=journal)
+    assert up.flush() == 4 and up.pending() == 0 and not journal.exists()
+    assert up.flush() == 0
+    found = up.find_trial_run(exp, parent, "t1")
+    assert found is not None and found.info.status == "FINISHED" and up.resolved[run] == found.info.run_id
+    history = up.client.get_metric_history(found.info.run_id, "child/mig")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.1), (2, 0.2)]
+    # a replay that meets an existing run (e.g. created before the outage) reuses it
+    again = MlflowTracker("http://127.0.0.1:9", journal=journal)
+    again.create_run(exp, "trial_00001", tags)
+    assert MlflowTracker(store.uri, journal=journal).flush() == 1
+    assert len(up.trial_runs(exp, parent)) == 1
