@@ -114,6 +114,9 @@ def run_trial(
         prog.write(f"child  resumed at epoch {trainer.epoch}")
 
     metrics: dict[str, float] = {}
+    last = ckpt / "child_metrics.json" if ckpt is not None else None
+    if last is not None and last.exists() and trainer.epoch > 0:
+        metrics = json.loads(last.read_text())  # the metrics of the epoch the checkpoint holds
     base = {**parent_metrics, **mask_metrics, "parent/reused": float(reused), "mask/latent": float(latent)}
     while trainer.epoch < cfg.child.epochs:
         logs = trainer.train_epoch()
@@ -130,6 +133,7 @@ def run_trial(
         metrics["epoch"] = float(epoch)
         if ckpt is not None:
             trainer.save(ckpt / "child_trainer.pt")
+            _atomic_write(ckpt / "child_metrics.json", json.dumps(metrics))
         prog.epoch("child", epoch, cfg.child.epochs,
                    {k.split("/")[-1]: v for k, v in metrics.items()
                     if k in ("child/train_loss", "child/recon_error", "child/masked_recon_error", "child/mig")})

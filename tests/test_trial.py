@@ -130,6 +130,11 @@ def test_interrupted_trial_resumes_to_identical_metrics(tmp_path):
     values, timings = split_timings(straight)
     assert "trial_seconds" in timings
     assert split_timings(resumed)[0] == values  # bit-identical on CPU
+    # a checkpoint that already holds the last epoch (crash between it and the outputs) finishes
+    finished = run_trial(cfg, report=lambda m, e: pytest.fail("no epoch left to run"), checkpoint_dir=tmp_path,
+                         out_dir=tmp_path / "out")
+    assert split_timings(finished)[0] == values
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == values
 
 
 def test_cli_train_reproduces_its_own_config(tmp_path, capsys):
