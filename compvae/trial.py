@@ -132,8 +132,12 @@ def run_trial(
             metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, full=False, rng=rng_light))
         metrics["epoch"] = float(epoch)
         if ckpt is not None:
-            trainer.save(ckpt / "child_trainer.pt")
+            # metrics first: a crash between the two leaves the trainer one epoch behind, so
+            # the epoch is simply redone; never a trainer ahead of its metrics
+            history = _read_history(ckpt) + [metrics]
+            _atomic_write(ckpt / HISTORY_FILE, json.dumps(history))
             _atomic_write(ckpt / "child_metrics.json", json.dumps(metrics))
+            trainer.save(ckpt / "child_trainer.pt")
         prog.epoch("child", epoch, cfg.child.epochs,
                    {k.split("/")[-1]: v for k, v in metrics.items()
                     if k in ("child/train_loss", "child/recon_error", "child/masked_recon_error", "child/mig")})
@@ -144,6 +148,20 @@ def run_trial(
     if out_dir is not None:
         _write_outputs(Path(out_dir), cfg, data, parent, trainer.model_child, masker, metrics, prog)
     return metrics
+
+
+HISTORY_FILE = "child_history.json"
+
+
+def _read_history(ckpt: Path) -> list[dict[str, float]]:
+    path = ckpt / HISTORY_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def epoch_history(checkpoint_dir: str | Path) -> list[dict[str, float]]:
+    """Every finished child epoch's metrics held by a trial's checkpoint directory, in order
+    (each has an ``epoch`` key). A search replays the ones its tracker may have missed."""
+    return _read_history(Path(checkpoint_dir))
 
 
 # ---- data ------------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def _new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState) -> 
             callbacks=[tracking, console, JsonLoggerCallback()],
             stop=ObjectiveGuard(str(layout.root), space.metrics, base_epochs),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # epoch markers: see trainable.py
             verbose=0,
         ),
     )

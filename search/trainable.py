@@ -1,12 +1,17 @@
 """The one Tune function trainable: a search trial is :func:`compvae.trial.run_trial`.
 
-Checkpointing: ``run_trial`` keeps its resumable state in a ``checkpoint_dir`` and calls
-``report(metrics, epoch)`` once per child epoch *after* that epoch's state is on disk. The
-report callback here snapshots that directory as a Tune checkpoint together with the result,
-so Tune's copy always matches the epoch it is reported with. The final epoch's result is held
-back until ``run_trial`` has written its outputs (see the end of :func:`trial_fn`). A retried trial
-(``FailureConfig``) or a resumed search gets it back from ``tune.get_checkpoint()`` and
-``run_trial`` continues from that epoch.
+Checkpointing: ``run_trial`` keeps its resumable state in ``<search>/trials/<trial>/state``
+(shared storage, written atomically file by file, one epoch at a time) and calls
+``report(metrics, epoch)`` once per child epoch *after* that epoch's state is on disk. The Tune
+checkpoint sent with each result is only a marker of that epoch. Why not snapshot the state
+into Tune: Tune deletes a trial's older checkpoint as soon as it registers a new one, but
+writes its experiment snapshot later, so a driver killed in between resumed onto a checkpoint
+that no longer existed and lost the trial. Markers are a few bytes, so Tune keeps them all
+(``num_to_keep=None``) and the state they stand for is never deleted under a snapshot. A
+retried trial (``FailureConfig``) or a resumed search continues from whatever epoch the state
+holds, which may be one epoch past the marker; the tracking callback never logs an epoch twice.
+The final epoch's result is held back until ``run_trial`` has written its outputs (see the end
+of :func:`trial_fn`).
 
 Outputs (``config.yaml``, ``metrics.json``, figures, weights) go to
 ``<search>/trials/<trial name>/`` (absolute: Tune runs trials in their own working directory),
@@ -68,7 +73,10 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     ``reuse_parents`` (``search.reuse_parents``) shares trained parents through
     ``<search>/parents``; off, every trial trains its own (the benchmark's baseline).
     """
-    from compvae.trial import run_trial  # torch and friends: import in the worker only
+    from compvae.trial import (  # torch and friends: import in the worker only
+        epoch_history,
+        run_trial,
+    )
 
     if not ray.get_gpu_ids():
         # Ray leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: without this a
@@ -80,33 +88,50 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     out_dir = layout.trial_dir(name)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    work = Path(tempfile.mkdtemp(prefix=f"compvae-{name}-"))
-    state = work / "state"
-    state.mkdir()
+    state = out_dir / "state"
+    state.mkdir(exist_ok=True)
+    marker = Path(tempfile.mkdtemp(prefix=f"compvae-{name}-"))
+    # Where this attempt resumes: the epoch the persistent state holds (it may be one past the
+    # last Tune marker, or the only record if the driver died before Tune saved any).
+    saved_metrics = state / "child_metrics.json"
     resumed_from = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as saved:
-            shutil.copytree(saved, state, dirs_exist_ok=True)
-        if (state / EPOCH_FILE).is_file():
-            resumed_from = int(json.loads((state / EPOCH_FILE).read_text())["epoch"])
-    # Finished already: the driver died after the trial's last epoch and outputs but before Tune
-    # saved the experiment state, so Tune restarts it from its final checkpoint. Nothing to redo.
-    finished = resumed_from >= cfg.child.epochs and (out_dir / "metrics.json").is_file()
+    if (state / "child_trainer.pt").is_file() and saved_metrics.is_file():
+        resumed_from = int(json.loads(saved_metrics.read_text()).get("epoch", 0))
+    first_attempt = not (out_dir / "attempts.jsonl").exists()
+    # Finished already: the driver died after the trial's outputs (metrics.json is written
+    # last) but before Tune saved the experiment state. Nothing to redo: send the final result
+    # again so Tune's results hold it.
+    finished = (out_dir / "metrics.json").is_file()
     with open(out_dir / "attempts.jsonl", "a") as fh:
         fh.write(json.dumps({"time": time.time(), "resumed_from_epoch": resumed_from, "already_finished": finished,
                              "host": socket.gethostname(), "pid": os.getpid(),
                              "ray": ray.get_runtime_context().gcs_address}) + "\n")
-    if finished:
-        shutil.rmtree(work, ignore_errors=True)
-        return
-    fault_at = _fault_epoch(layout.name, name) if checkpoint is None else None
-
-    final: list[tuple[dict[str, float], int]] = []
 
     def send(metrics: dict[str, float], epoch: int) -> None:
-        (state / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
-        tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(str(state)))
+        (marker / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
+        tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(str(marker)))
+
+    if finished:
+        try:
+            send(json.loads((out_dir / "metrics.json").read_text()), cfg.child.epochs)
+        finally:
+            shutil.rmtree(marker, ignore_errors=True)
+        return
+    fault_at = _fault_epoch(layout.name, name) if first_attempt else None
+    # Epochs the state holds beyond Tune's last marker were reported by an attempt whose driver
+    # may have died before logging them: report them again (the tracker skips epochs it has).
+    marker_epoch = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            if (Path(saved) / EPOCH_FILE).is_file():
+                marker_epoch = int(json.loads((Path(saved) / EPOCH_FILE).read_text())["epoch"])
+    for past in epoch_history(state):
+        epoch = int(past["epoch"])
+        if marker_epoch < epoch <= resumed_from and epoch < cfg.child.epochs:
+            send(past, epoch)
+
+    final: list[tuple[dict[str, float], int]] = []
 
     def report(metrics: dict[str, float], epoch: int) -> None:
         if epoch >= cfg.child.epochs:
@@ -119,11 +144,13 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     try:
         run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
                   parent_store=layout.parents_dir if reuse_parents else None, progress=False)
+        # The outputs hold the weights; the resumable state is no longer needed once they exist.
+        shutil.rmtree(state, ignore_errors=True)
         # The last epoch is reported only now, after run_trial wrote metrics.json, figures and
         # weights: Tune may stop a trial on any result (an ASHA rung can fall on the last epoch),
-        # which would otherwise kill it mid-write; and a checkpoint at the final epoch then
-        # always comes with finished outputs, so a restore finds it `already_finished`.
+        # which would otherwise kill it mid-write; and a restore after the outputs exist finds
+        # the trial `already_finished`.
         for metrics, epoch in final:
             send(metrics, epoch)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(marker, ignore_errors=True)

@@ -248,11 +248,6 @@ def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_p
 
 
 # ---- the driver killed with SIGKILL, then `resume` ----------------------------------------------------
-@pytest.mark.xfail(strict=False, reason=(
-    "known race (about 1 run in 3 here): with CheckpointConfig(num_to_keep=1) Tune deletes a trial's "
-    "previous checkpoint when it registers the next one, before its next experiment snapshot; a SIGKILL "
-    "in that window leaves a snapshot pointing at a deleted checkpoint_00000N and the resumed trial "
-    "fails with 'Could not recover from checkpoint as it does not exist on storage anymore'"))
 def test_driver_sigkill_then_resume_every_trial_once_everywhere(tmp_path):
     """Stricter than the e2e SIGKILL test: the CLI both times, and every store checked by
     :func:`_check_stores` (one Tune trial, one Optuna trial, one MLflow run per trial)."""
