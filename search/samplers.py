@@ -108,7 +108,12 @@ class CompvaeOptunaSearch(OptunaSearch):
         epoch = int(result.get("epoch", 0))
         if epoch <= reported.get(trial_id, 0):
             return
-        self._ot_trials[trial_id].report(float(result[self.metric]), epoch)
+        ot_trial = self._ot_trials[trial_id]
+        # A trial restarted after a killed driver may re-send results of a trial the study
+        # already closed (told before the kill); its values are in the study already.
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return
+        ot_trial.report(float(result[self.metric]), epoch)
         reported[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,

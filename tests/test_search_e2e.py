@@ -315,12 +315,14 @@ def _interrupt_and_resume(ray_local, write_space, tmp_path, sig: int, name: str)
     for n, s in before.items():  # unfinished ones restart from their last checkpoint
         if n not in finished_before and s.epoch >= 1 and after[n].trial_id == s.trial_id:
             resumed = _attempts(layout, n)[-1]["resumed_from_epoch"]
-            # Tune registers a result's checkpoint in a save step after the callbacks saw the
-            # result, so the last epoch reported before the stop may not be in the saved state.
-            if sig == signal.SIGINT:  # Tune saved its state on the way out
-                assert max(1, s.epoch - 1) <= resumed <= s.epoch, (n, s.epoch, _attempts(layout, n))
-            else:  # SIGKILL: Tune's last snapshot may be older still
-                assert 0 <= resumed <= s.epoch, (n, s.epoch, _attempts(layout, n))
+            # A trial resumes from its own persisted state (search/trainable.py), which is
+            # written before the epoch's result reaches the driver: it can be one epoch past
+            # what the driver saw (that epoch is then re-reported), never behind the driver's
+            # last epoch by more than Tune's unsaved step on a clean stop.
+            if sig == signal.SIGINT:
+                assert max(1, s.epoch - 1) <= resumed <= s.epoch + 1, (n, s.epoch, _attempts(layout, n))
+            else:
+                assert s.epoch <= resumed <= s.epoch + 1, (n, s.epoch, _attempts(layout, n))
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4
