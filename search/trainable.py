@@ -97,6 +97,8 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     resumed_from = 0
     if (state / "child_trainer.pt").is_file() and saved_metrics.is_file():
         resumed_from = int(json.loads(saved_metrics.read_text()).get("epoch", 0))
+    if (out_dir / "metrics.json").is_file():
+        resumed_from = cfg.child.epochs  # finished: its state was dropped once the outputs existed
     first_attempt = not (out_dir / "attempts.jsonl").exists()
     # Finished already: the driver died after the trial's outputs (metrics.json is written
     # last) but before Tune saved the experiment state. Nothing to redo: send the final result
