@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from _services import http_ok, start_mlflow_server
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
@@ -189,21 +189,9 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
 
 
 # ---- the MLflow server goes away mid-search ----------------------------------------------------------
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def _start_server(tmp: Path, port: int) -> subprocess.Popen:
-    log = open(tmp / f"mlflow-server-{port}.log", "a")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-         "--artifacts-destination", str(tmp / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), proc, "mlflow server", timeout=120)
+    proc = start_mlflow_server(tmp, port, tmp / f"mlflow-server-{port}.log")
+    _wait(lambda: http_ok(f"http://127.0.0.1:{port}/health"), proc, "mlflow server", timeout=120)
     return proc
 
 

@@ -9,17 +9,12 @@ machine, including other sessions' local instances.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import ray
+from _services import http_ok, start_mlflow_server, start_ray_head, stop_group, wait_for
 from mlflow.tracking import MlflowClient
 
 from compvae.config import TrialConfig
@@ -29,39 +24,6 @@ from search.results import COMPLETED, TrialSummary
 from search.tracking import PARENT_HASH_PARAM, TRIAL_ID_TAG
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop the process group we started (ray start's gcs_server/raylet/workers live in it)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 3  # ray start --block and mlflow server linger on SIGTERM
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.3)
-
-
-def _wait_for(ready, proc: subprocess.Popen, log: Path, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"{what} exited: {log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"{what} did not come up: {log.read_text()[-2000:]}"
-        time.sleep(0.5)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, free_port):
     """(ray address, mlflow URI): a head node and an MLflow server, started side by side."""
@@ -69,23 +31,15 @@ def services(tmp_path_factory, free_port):
     tmp = tmp_path_factory.mktemp("services")
     ray_port, mlflow_port = free_port(), free_port()
     head_log, server_log = tmp / "ray-head.log", tmp / "mlflow-server.log"
-    with open(head_log, "w") as hl, open(server_log, "w") as sl:
-        head = subprocess.Popen(
-            ["ray", "start", "--head", "--port", str(ray_port), "--num-cpus", "2", "--node-ip-address",
-             "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-            stdout=hl, stderr=subprocess.STDOUT, start_new_session=True)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-             "--artifacts-destination", str(tmp / "server-artifacts"), "--host", "127.0.0.1",
-             "--port", str(mlflow_port), "--workers", "1"],
-            stdout=sl, stderr=subprocess.STDOUT, start_new_session=True)
+    head = start_ray_head(ray_port, head_log)
+    server = start_mlflow_server(tmp, mlflow_port, server_log)
     try:
-        _wait_for(lambda: _http_ok(f"http://127.0.0.1:{mlflow_port}/health"), server, server_log, "mlflow server")
-        _wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), server, server_log, "mlflow server")
+        wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
         yield f"127.0.0.1:{ray_port}", f"http://127.0.0.1:{mlflow_port}"
     finally:
-        _stop_group(server)
-        _stop_group(head)
+        stop_group(server)
+        stop_group(head)
         # what `ray stop` would also do: a plain ray.init() must not try to join this dead head
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):

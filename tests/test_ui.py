@@ -21,19 +21,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
+from _services import http_ok, start_mlflow_server, start_ray_head, stop_group, wait_for
 
 from compvae.config import TrialConfig
 from search.cli import main
@@ -53,37 +52,10 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
 NUM_TRIALS = 3
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process group this module started (ray start's gcs_server/raylet/workers live in it)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            proc.poll()
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.3)
 
 
-def _wait_for(ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"{what} exited: {log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"{what} did not come up: {log.read_text()[-2000:]}"
-        time.sleep(0.5)
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def _api(base: str, path: str, body: dict[str, Any] | None = None, **query: str) -> dict[str, Any]:
@@ -109,20 +81,12 @@ def real_stack(tmp_path_factory, free_port, tiny_space) -> Iterator[tuple[Search
     tmp = tmp_path_factory.mktemp("stack")
     ray_port, mlflow_port = free_port(), free_port()
     head_log, server_log = tmp / "ray-head.log", tmp / "mlflow-server.log"
-    with open(head_log, "w") as hl, open(server_log, "w") as sl:
-        head = subprocess.Popen(
-            ["ray", "start", "--head", "--port", str(ray_port), "--num-cpus", "2", "--node-ip-address",
-             "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-            stdout=hl, stderr=subprocess.STDOUT, start_new_session=True)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-             "--artifacts-destination", str(tmp / "server-artifacts"), "--host", "127.0.0.1",
-             "--port", str(mlflow_port), "--workers", "1"],
-            stdout=sl, stderr=subprocess.STDOUT, start_new_session=True)
+    head = start_ray_head(ray_port, head_log)
+    server = start_mlflow_server(tmp, mlflow_port, server_log)
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
     try:
-        _wait_for(lambda: _http_ok(f"{mlflow_url}/health"), server, server_log, "mlflow server")
-        _wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
+        wait_for(lambda: http_ok(f"{mlflow_url}/health"), server, server_log, "mlflow server")
+        wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
         space = dict(tiny_space)
         space["search"] = {**space["search"], "num_samples": NUM_TRIALS, "scheduler": "none"}
         space_file = tmp / "space.yaml"
@@ -138,10 +102,10 @@ def real_stack(tmp_path_factory, free_port, tiny_space) -> Iterator[tuple[Search
         layout = SearchLayout(tmp / "s" / "ui-search")
         yield layout, SearchState.load(layout), mlflow_url
     finally:
-        _stop_group(server)
+        stop_group(server)
         if IN_CI:
             subprocess.run(["ray", "stop"], check=True, capture_output=True, timeout=120)
-        _stop_group(head)
+        stop_group(head)
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):
             current.unlink()
