@@ -150,6 +150,28 @@ def run_trial(
     return metrics
 
 
+def prepare_parent(config: TrialConfig | dict[str, Any], parent_store: ParentStore | str | Path,
+                   progress: bool = False) -> dict[str, Any]:
+    """Train (or find) the parent ``config`` names in the store and evaluate it, without a child.
+
+    Why: a search's outer level trains its distinct parents up front, in parallel, so no trial
+    waits on another's parent and the inner search can be limited to the strongest ones. The
+    parent and its metrics land exactly where a trial's :func:`run_trial` looks for them.
+    Returns the store key, whether it was already there, its metrics and the seconds taken.
+    """
+    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    t0 = time.perf_counter()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    store = ParentStore(parent_store) if isinstance(parent_store, (str, Path)) else parent_store
+    prog = Progress(progress)
+    data = _load_data(cfg, device, prog, with_child=False)
+    _, metrics, reused = _obtain_parent(cfg, data, device, None, store, prog)
+    return {"key": parent_key(cfg), "reused": reused, "metrics": metrics,
+            "seconds": time.perf_counter() - t0}
+
+
 HISTORY_FILE = "child_history.json"
 
 
@@ -165,12 +187,14 @@ def epoch_history(checkpoint_dir: str | Path) -> list[dict[str, float]]:
 
 
 # ---- data ------------------------------------------------------------------------------------
-def _load_data(cfg: TrialConfig, device: torch.device, prog: Progress) -> TrialData:
+def _load_data(cfg: TrialConfig, device: torch.device, prog: Progress, with_child: bool = True) -> TrialData:
+    """Training and held-out images; ``with_child=False`` leaves the child's views at the
+    parent's resolution (enough to train and evaluate a parent)."""
     options: dict[str, Any] = {"resolution": cfg.parent.resolution}
     if cfg.data.path:
         options["path"] = str(Path(cfg.data.path).expanduser().resolve())
     parent_data = get_dataset(cfg.data.name, **options)
-    child_data = parent_data.with_resolution(cfg.child.resolution)
+    child_data = parent_data.with_resolution(cfg.child.resolution) if with_child else parent_data
     rng = np.random.default_rng([cfg.train.seed, 0])
     n = cfg.data.num_train
     if not parent_data.has_factors:

@@ -34,6 +34,7 @@ from search.layout import (
     driver_lock,
     resolve_search,
     storage_root,
+    write_json_atomic,
 )
 from search.results import (
     COMPLETED,
@@ -460,6 +461,7 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
 
     assert state.mlflow_parent_run_id
     try:
+        space = _outer_level(space, layout, state, tracker, out)
         if restore and tune.Tuner.can_restore(str(layout.tune_dir)):
             tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=_trainable(space, layout),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
@@ -492,6 +494,33 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
         return Outcome(layout, False, summaries)
     finish(space, layout, state, summaries, out)
     return Outcome(layout, True, summaries)
+
+
+def _outer_level(space: SearchSpace, layout: SearchLayout, state: SearchState, tracker: MlflowTracker,
+                 out: Printer) -> SearchSpace:
+    """Train the space's outer parents (once per search) and return the space the Tuner runs.
+    Without reuse (the benchmark's baseline) trials train their own parents as ever."""
+    from search.outer import OUTER_FILE, effective_space, pretrain_parents
+
+    if space.outer is None or not space.search.reuse_parents:
+        return space
+    if state.outer is None:
+        state.status = "running"
+        state.save(layout)
+        tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
+        record = pretrain_parents(space, layout, out)
+        write_json_atomic(layout.root / OUTER_FILE, record)
+        state.outer = record
+        state.save(layout)
+        assert state.mlflow_parent_run_id
+        kept = record["kept"]
+        tracker.set_tags(state.mlflow_parent_run_id, {
+            "outer.parents": str(len(record["points"])),
+            "outer.kept": "all" if kept is None else ", ".join(map(str, kept)),
+            "outer.rank_by": f"{space.outer.rank_by.metric} ({space.outer.rank_by.mode})",
+        })
+        tracker.log_artifact(state.mlflow_parent_run_id, layout.root / OUTER_FILE)
+    return effective_space(space, state.outer)
 
 
 def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, status: str, run_status: str) -> None:

@@ -104,6 +104,7 @@ class SearchState:
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
     status: str = "created"  # created | running | interrupted | finished | failed
+    outer: dict[str, Any] | None = None  # the outer level's record (search.outer), once trained
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, layout: SearchLayout) -> None:

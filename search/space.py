@@ -208,6 +208,43 @@ class SearchSettings(_Strict):
         return v
 
 
+# TrialConfig fields that determine a trained parent (compvae.parent_store.parent_identity).
+PARENT_SECTIONS = ("parent.", "data.")
+PARENT_FIELDS = ("train.seed", "train.amp")
+MAX_OUTER_POINTS = 64
+
+
+def changes_parent(name: str) -> bool:
+    """Whether a dotted TrialConfig field is part of a parent's identity (its store key)."""
+    return name.startswith(PARENT_SECTIONS) or name in PARENT_FIELDS
+
+
+class OuterLevel(_Strict):
+    """Parent knobs searched as an outer level: every distinct parent is trained up front, in
+    parallel, before any trial; the inner search then samples mask and child knobs on stored
+    parents (every trial reuses one). ``keep`` narrows the inner search to the strongest
+    parents by ``rank_by`` (a parent metric), so trials are spent on a few strong parents."""
+
+    params: Annotated[list[str], Field(min_length=1)]
+    keep: int | None = Field(None, ge=1, description="parents passed to the inner search (one outer param)")
+    rank_by: Objective = Field(default_factory=lambda: Objective(metric="parent/mig", mode="max"))
+
+    @field_validator("params")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"names must be distinct (got {v})")
+        return v
+
+    @field_validator("rank_by")
+    @classmethod
+    def _parent_metric(cls, v: Objective) -> Objective:
+        if not v.metric.startswith("parent/"):
+            raise ValueError(f"rank_by.metric must be a parent metric like parent/mig or parent/recon_error "
+                             f"(got {v.metric}): outer parents are ranked before any child trains")
+        return v
+
+
 class SearchSpace(_Strict):
     """A validated search space. Build it with :func:`load_space` or :func:`space_from_dict`,
     which also check the params against TrialConfig."""
@@ -219,6 +256,7 @@ class SearchSpace(_Strict):
     params: dict[str, ParamSpec]
     objective: Annotated[list[Objective], Field(min_length=1)]
     search: SearchSettings = Field(default_factory=SearchSettings)
+    outer: OuterLevel | None = None
 
     @field_validator("name")
     @classmethod
@@ -267,6 +305,8 @@ class SearchSpace(_Strict):
                                  f"(x{s.repeats} repeats); remove num_samples or set it to {size}")
         elif s.repeats != 1:
             raise ValueError("search.repeats: only the grid sampler repeats points")
+        if self.outer is not None:
+            self._check_outer(self.outer)
         devices = {str(self.base.get("train", {}).get("device", ""))}
         devices |= {str(v) for v in (self.params["train.device"].choice or [])} if "train.device" in self.params else set()
         if "cuda" in devices and s.resources.gpus == 0:
@@ -274,7 +314,59 @@ class SearchSpace(_Strict):
                              "given no GPU sees none; or use device auto/cpu")
         return self
 
+    def _check_outer(self, outer: OuterLevel) -> None:
+        for name in outer.params:
+            if name not in self.params:
+                raise ValueError(f"outer.params: {name} is not in params; list it there with choice or int")
+            if not changes_parent(name):
+                raise ValueError(f"outer.params: {name} does not change the parent; only parent.*, data.*, "
+                                 "train.seed and train.amp knobs form the outer level")
+            if self.params[name].kind not in ("choice", "int"):
+                raise ValueError(f"outer.params: {name} is continuous; every parent is trained up front, "
+                                 "so use choice or int for it")
+        missing = [k for k in self.params if changes_parent(k) and k not in outer.params]
+        if missing:
+            raise ValueError(f"outer.params: {', '.join(missing)} also change(s) the parent; add them to "
+                             "outer.params (or fix them in base)")
+        n = math.prod(len(v) for v in self.outer_axes().values())
+        if n > MAX_OUTER_POINTS:
+            raise ValueError(f"outer.params: {n} parents to train up front (at most {MAX_OUTER_POINTS}); "
+                             "use fewer values")
+        if outer.keep is not None:
+            if len(outer.params) != 1 or self.search.repeats > 1:
+                raise ValueError("outer.keep: ranks the values of a single outer param (and no repeats); "
+                                 "list one param or drop keep")
+            if outer.keep > n:
+                raise ValueError(f"outer.keep: {outer.keep} is more than the {n} outer parents; "
+                                 f"use at most {n} or drop keep")
+            if not self.search.reuse_parents:
+                raise ValueError("outer.keep: ranks parents trained once and shared, which needs "
+                                 "search.reuse_parents: true (drop --no-parent-reuse, or drop outer.keep)")
+
     # ---- derived -------------------------------------------------------------------------
+    def outer_axes(self) -> dict[str, list[Any]]:
+        """Outer level values per knob; grid repeats add their ``train.seed`` axis (a seed is a
+        different parent). Empty without an outer level."""
+        if self.outer is None:
+            return {}
+        axes = {k: self.params[k].values() for k in self.outer.params}
+        if self.search.sampler == "grid" and self.search.repeats > 1:
+            axes["train.seed"] = self.grid_values()["train.seed"]
+        return axes
+
+    def outer_points(self) -> list[dict[str, Any]]:
+        """Every distinct parent of the outer level, as dotted updates to the base config."""
+        axes = self.outer_axes()
+        return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+    def narrowed(self, name: str, values: list[Any]) -> SearchSpace:
+        """This space with ``params[name]`` restricted to ``values`` (the outer parents kept)."""
+        data = self.to_dict()
+        data["params"][name] = {"choice": list(values)}
+        if data["search"].get("num_samples") is not None and self.search.sampler == "grid":
+            data["search"]["num_samples"] = None  # the narrowed grid is smaller
+        return space_from_dict(data, source="narrowed space")
+
     @property
     def metrics(self) -> list[str]:
         return [o.metric for o in self.objective]
@@ -353,6 +445,8 @@ class SearchSpace(_Strict):
             data["search"]["scheduler"] = "none"
         if data["preset"] is None:
             del data["preset"]
+        if data["outer"] is None:
+            del data["outer"]
         return data
 
     def to_yaml(self) -> str:

@@ -138,3 +138,90 @@ def test_exported_config_trains_its_parent_or_takes_the_search_store(reuse_searc
     # same seed, same code: the stored parent is the one a fresh run trains
     assert stored["parent/mig"] == pytest.approx(scratch["parent/mig"])
     assert stored["child/mig"] == pytest.approx(scratch["child/mig"])
+
+
+# ---- the outer level: parents trained up front, the inner search on the strongest ----------
+OUTER_BETAS = [1.0, 2.0, 4.0]
+
+
+@pytest.fixture(scope="module")
+def outer_search(ray_local, tmp_path_factory, tiny_space):
+    tmp = tmp_path_factory.mktemp("outer")
+    path = _mask_and_child_space(tmp, tiny_space)
+    space = yaml.safe_load(path.read_text())
+    space["params"]["parent.beta"] = {"choice": OUTER_BETAS}
+    space["outer"] = {"params": ["parent.beta"], "keep": 2}
+    path.write_text(yaml.safe_dump(space))
+    return _search(tmp, path, "outer")
+
+
+def test_outer_level_trains_each_parent_once_up_front_and_searches_the_best(outer_search):
+    layout, summaries = outer_search
+    record = json.loads((layout.root / "outer.json").read_text())
+    assert [p["values"] for p in record["points"]] == [{"parent.beta": b} for b in OUTER_BETAS]
+    assert all(not p["reused"] and "error" not in p for p in record["points"])
+    # the store holds exactly the three outer parents, each under the key its trials compute
+    entries = sorted(p.name for p in layout.parents_dir.iterdir() if not p.name.endswith(".lock"))
+    assert entries == sorted(p["key"] for p in record["points"])
+    # kept: the two best by parent/mig, in the space's order
+    by_mig = sorted(record["points"], key=lambda p: p["metrics"]["parent/mig"], reverse=True)
+    best_two = {p["values"]["parent.beta"] for p in by_mig[:2]}
+    assert record["kept"] == [b for b in OUTER_BETAS if b in best_two]
+    assert SearchState.load(layout).outer == record  # resume reads it instead of training again
+
+    # every trial reused a kept parent and reports that parent's metrics
+    metrics_of = {p["values"]["parent.beta"]: p["metrics"] for p in record["points"]}
+    for s in summaries:
+        cfg = TrialConfig.from_dict(s.config)
+        assert cfg.parent.beta in record["kept"]
+        assert s.metrics[PARENT_REUSED] == 1.0
+        assert s.metrics["parent/mig"] == pytest.approx(metrics_of[cfg.parent.beta]["parent/mig"])
+        assert parent_key(cfg) == next(p["key"] for p in record["points"] if p["values"]["parent.beta"] == cfg.parent.beta)
+
+    # MLflow: the search run says what the outer level did and keeps its record
+    state = SearchState.load(layout)
+    client = MlflowClient(state.mlflow_uri)
+    tags = client.get_run(state.mlflow_parent_run_id).data.tags
+    assert tags["outer.parents"] == "3"
+    assert tags["outer.kept"] == ", ".join(map(str, record["kept"]))
+    assert tags["outer.rank_by"] == "parent/mig (max)"
+    assert "outer.json" in [a.path for a in client.list_artifacts(state.mlflow_parent_run_id)]
+
+
+def test_outer_level_again_finds_every_parent_in_the_store(outer_search):
+    """A resumed or repeated outer stage trains nothing: what a crash mid-stage relies on."""
+    from search.outer import pretrain_parents
+    from search.space import load_space
+
+    layout, _ = outer_search
+    lines: list[str] = []
+    again = pretrain_parents(load_space(layout.space_file), layout, lines.append)
+    first = json.loads((layout.root / "outer.json").read_text())
+    assert [p["reused"] for p in again["points"]] == [True] * len(OUTER_BETAS)
+    assert [p["metrics"] for p in again["points"]] == [p["metrics"] for p in first["points"]]
+    assert again["kept"] == first["kept"]
+    assert sum("found in the store" in line for line in lines) == len(OUTER_BETAS)
+
+
+def _records(*entries: tuple[float, float | None]) -> list[dict[str, Any]]:
+    return [{"values": {"parent.beta": b}, **({"metrics": {"parent/mig": m}} if m is not None else {"error": "NaN"})}
+            for b, m in entries]
+
+
+def test_outer_keep_ranks_by_the_parent_metric_and_drops_failed_parents(tiny_space):
+    from compvae.errors import UserError
+    from search.outer import _keep
+    from search.space import space_from_dict
+
+    space = dict(tiny_space)
+    space["params"] = {"parent.beta": {"choice": [1.0, 2.0, 4.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
+    space["outer"] = {"params": ["parent.beta"]}
+    plain = space_from_dict(space)
+    assert _keep(plain, _records((1.0, 0.1), (2.0, 0.3), (4.0, 0.2))) is None  # nothing to narrow
+    assert _keep(plain, _records((1.0, 0.1), (2.0, None), (4.0, 0.2))) == [1.0, 4.0]
+    space["outer"] = {"params": ["parent.beta"], "keep": 1, "rank_by": {"metric": "parent/mig", "mode": "min"}}
+    assert _keep(space_from_dict(space), _records((1.0, 0.1), (2.0, 0.3), (4.0, 0.05))) == [4.0]
+    space["outer"]["rank_by"]["mode"] = "max"
+    assert _keep(space_from_dict(space), _records((1.0, 0.1), (2.0, 0.3), (4.0, 0.05))) == [2.0]
+    with pytest.raises(UserError, match="every parent failed to train"):
+        _keep(plain, _records((1.0, None), (2.0, None), (4.0, None)))

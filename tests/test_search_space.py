@@ -92,6 +92,40 @@ BAD = [
     ("bad name", _with("name", "my search"), "s.yaml: name: letters, digits"),
     ("grid over continuous", _with("search/sampler", "grid"), "use choice or int for a grid"),
     ("repeats without grid", _with("search/repeats", 3), "only the grid sampler repeats"),
+    # the outer level (parent knobs trained up front)
+    ("outer param not searched", _with("outer", {"params": ["parent.beta"]}),
+     "outer.params: parent.beta is not in params"),
+    ("outer param not a parent knob", _with("outer", {"params": ["child.masking_mode"]}),
+     "outer.params: child.masking_mode does not change the parent"),
+    ("outer param continuous", {**_with("params/parent.beta", {"uniform": [1.0, 4.0]}),
+                                "outer": {"params": ["parent.beta"]}},
+     "outer.params: parent.beta is continuous"),
+    ("parent knob left out of outer", {**_with("params/parent.beta", {"choice": [1.0, 4.0]}),
+                                       "outer": {"params": ["parent.beta"]},
+                                       "params": {**GOOD["params"], "parent.beta": {"choice": [1.0, 4.0]},
+                                                  "parent.lr": {"loguniform": [1e-4, 1e-3]}}},
+     "outer.params: parent.lr also change(s) the parent"),
+    ("outer keep above the parents", {**_with("params/parent.beta", {"choice": [1.0, 4.0]}),
+                                      "outer": {"params": ["parent.beta"], "keep": 3}},
+     "outer.keep: 3 is more than the 2 outer parents"),
+    ("outer keep over two knobs", {**_with("params/parent.beta", {"choice": [1.0, 4.0]}),
+                                   "params": {**GOOD["params"], "parent.beta": {"choice": [1.0, 4.0]},
+                                              "parent.latent_dim": {"choice": [4, 6]}},
+                                   "outer": {"params": ["parent.beta", "parent.latent_dim"], "keep": 1}},
+     "outer.keep: ranks the values of a single outer param"),
+    ("outer keep without reuse", {**_with("params/parent.beta", {"choice": [1.0, 4.0]}),
+                                  "search": {"reuse_parents": False},
+                                  "outer": {"params": ["parent.beta"], "keep": 1}},
+     "outer.keep: ranks parents trained once and shared, which needs search.reuse_parents: true"),
+    ("outer ranked by a child metric", {**_with("params/parent.beta", {"choice": [1.0, 4.0]}),
+                                        "outer": {"params": ["parent.beta"], "rank_by":
+                                                  {"metric": "child/mig", "mode": "max"}}},
+     "outer.rank_by: rank_by.metric must be a parent metric like parent/mig"),
+    ("too many outer parents", {**_with("params/parent.beta", {"choice": [1.0, 4.0]}),
+                                "params": {**GOOD["params"], "parent.epochs": {"int": [1, 40]},
+                                           "parent.latent_dim": {"choice": [4, 6]}},
+                                "outer": {"params": ["parent.epochs", "parent.latent_dim"]}},
+     "outer.params: 80 parents to train up front (at most 64)"),
 ]
 
 
@@ -119,6 +153,28 @@ def test_grid_with_repeats_adds_a_seed_axis():
     space = space_from_dict(data)
     assert space.grid_values() == {"child.masking_mode": ["loss", "both", "input"], "train.seed": [10, 11]}
     assert space.num_trials == 6
+
+
+def test_outer_level_points_narrowing_and_round_trip():
+    data = _with("params/parent.beta", {"choice": [1.0, 2.0, 4.0]})
+    data["outer"] = {"params": ["parent.beta"], "keep": 2, "rank_by": {"metric": "parent/recon_error", "mode": "min"}}
+    space = space_from_dict(data)
+    assert space.outer_points() == [{"parent.beta": 1.0}, {"parent.beta": 2.0}, {"parent.beta": 4.0}]
+    again = space_from_dict(yaml.safe_load(space.to_yaml()))
+    assert again == space and again.outer.rank_by.mode == "min"
+    narrow = space.narrowed("parent.beta", [4.0, 1.0])
+    assert narrow.params["parent.beta"].values() == [4.0, 1.0] and narrow.params["child.beta"] == space.params["child.beta"]
+    assert "outer" not in space_from_dict(GOOD).to_dict()  # no outer level, no key
+
+
+def test_outer_level_of_a_repeated_grid_has_a_parent_per_seed():
+    data = _with("params", {"parent.beta": {"choice": [1.0, 4.0]}, "child.masking_mode": {"choice": ["loss", "both"]}})
+    data["base"] = {"train": {"seed": 3}}
+    data["search"] = {"sampler": "grid", "repeats": 2}
+    data["outer"] = {"params": ["parent.beta"]}
+    space = space_from_dict(data)
+    assert space.outer_points() == [{"parent.beta": b, "train.seed": s} for b in (1.0, 4.0) for s in (3, 4)]
+    assert space.num_trials == 8
 
 
 def test_yaml_scientific_notation_and_overrides(tmp_path):
