@@ -7,7 +7,8 @@ alternate (reuse, no reuse, then no reuse, reuse, ...) so drift on a shared mach
 sides alike; the ratio is of the median wall times (target: reuse/no-reuse < 0.65).
 
 Ray Tune's overhead is judged by utilisation = sum of trial compute seconds (each trial
-function's own wall time, start to finish, outputs included) divided by wall seconds x
+function's own wall time, start to finish, outputs included, plus the seconds of each parent
+a space's outer level trained up front) divided by wall seconds x
 concurrency; overhead = 1 - utilisation (scheduling, trial start-up, the
 driver's MLflow writes, checkpoints, and slots idle while the last trials finish).
 
@@ -82,6 +83,16 @@ def trial_compute_seconds(layout_root: Path) -> list[float]:
     return out
 
 
+def outer_parents(layout_root: Path) -> list[dict[str, Any]]:
+    """The parents a space's outer level trained before the trials (``outer.json``; none
+    without an outer level or without reuse). Their seconds count as trial compute: a trial
+    would otherwise have trained them."""
+    import json
+
+    path = layout_root / "outer.json"
+    return json.loads(path.read_text())["points"] if path.is_file() else []
+
+
 def snapshot_code(dest: Path) -> Path:
     """Copy ``compvae/`` and ``search/`` to ``dest``, put it first on the import path of this
     process and of the Ray workers it starts (``PYTHONPATH``), and make it the working directory.
@@ -135,11 +146,14 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[
         raise RuntimeError(f"search {name} did not finish:\n" + "\n".join(lines[-20:]))
     summaries = TrialSummary.load_all(outcome.layout)
     compute = trial_compute_seconds(outcome.layout.root)
+    outer = outer_parents(outcome.layout.root)
     return {
         "wall": wall,
-        "compute": sum(compute),
+        "compute": sum(compute) + sum(p.get("seconds", 0.0) for p in outer),
         "trials": len(summaries),
-        "parents_trained": sum(s.metrics.get("parent/reused", 0.0) == 0.0 for s in summaries),
+        "outer": len(outer),
+        "parents_trained": (sum(s.metrics.get("parent/reused", 0.0) == 0.0 for s in summaries)
+                            + sum(not p.get("reused", True) for p in outer)),
         "epochs": sum(s.epoch for s in summaries),
     }
 
@@ -201,7 +215,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 util = res["compute"] / (res["wall"] * concurrency)
                 print(f"  run {r} {label:>8}: wall {res['wall']:7.1f} s, trial compute {res['compute']:7.1f} s, "
                       f"{res['trials']} trials / {res['epochs']} child epochs, parents trained "
-                      f"{res['parents_trained']}, utilisation {util:.2f}", flush=True)
+                      f"{res['parents_trained']}{' (up front)' if res['outer'] else ''}, utilisation {util:.2f}", flush=True)
     finally:
         ray.shutdown()
         os.chdir(cwd)
