@@ -266,6 +266,64 @@ def test_driver_sigkill_then_resume_every_trial_once_everywhere(tmp_path):
     _check_stores(layout)
 
 
+# ---- Ctrl-C while the outer level trains its parents ---------------------------------------------
+def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path):
+    """Interrupted mid-parent, the stage leaves that parent's partial trainer state in the store;
+    resume trains only what is missing, continues the partial parent from its last epoch, and
+    ends with the very parent an uninterrupted run trains (same metrics), each trained once."""
+    from compvae.trial import prepare_parent
+    from search.space import load_space
+
+    data = {
+        "name": "outer-ctrlc", "preset": "tiny",
+        "base": {"data": {"num_train": 1024}, "parent": {"epochs": 40}},
+        "params": {"parent.beta": {"choice": [1.0, 2.0]}, "child.masking_mode": {"choice": ["loss", "both"]}},
+        "outer": {"params": ["parent.beta"]},
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "grid", "max_concurrent": 2, "scheduler": "none", "resources": {"cpus": 1, "gpus": 0}},
+    }
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _launch(tmp_path, space, "outer")
+    layout = SearchLayout(tmp_path / "s" / "outer")
+    _wait(lambda: layout.parents_dir.is_dir() and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")),
+          proc, "a parent part-way through training")
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc, timeout=120)
+    assert proc.returncode == 130, out
+    assert f"compvae-search resume {layout.root}" in out
+    state = SearchState.load(layout)
+    assert state.status == "interrupted" and state.outer is None
+    assert not layout.trials_dir.exists() or not any(layout.trials_dir.iterdir())  # no trial started
+    partial = sorted(p.parent.name for p in layout.parents_dir.glob("*.partial/parent_trainer.pt"))
+    assert partial
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "resume", "outer", "--storage", str(tmp_path / "s")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    state = SearchState.load(layout)
+    assert state.status == "finished" and state.outer is not None
+    points = state.outer["points"]
+    assert [p["values"] for p in points] == [{"parent.beta": 1.0}, {"parent.beta": 2.0}]
+    assert all("error" not in p for p in points)
+    stored = sorted(p.name for p in layout.parents_dir.iterdir() if not p.name.endswith(".lock"))
+    assert stored == sorted(p["key"] for p in points)  # finished, and no partial left behind
+    summaries = TrialSummary.load_all(layout)
+    assert len(summaries) == 4 and all(s.status == COMPLETED for s in summaries)
+    assert all(s.metrics["parent/reused"] == 1.0 for s in summaries)
+    _check_stores(layout)
+    # the parent interrupted mid-training is the one an uninterrupted run trains
+    full = load_space(layout.space_file)
+    for p in points:
+        if f"{p['key']}.partial" in partial:
+            fresh = prepare_parent(full.trial_config(p["values"]), tmp_path / "fresh")
+            assert fresh["key"] == p["key"] and not fresh["reused"]
+            values = {k: v for k, v in p["metrics"].items() if "seconds" not in k}  # timings differ
+            assert {k: fresh["metrics"][k] for k in values} == pytest.approx(values, rel=1e-6)
+            assert values["parent/recon_error"] > 0
+
+
 # ---- the write journal itself (fast: a dead URL, then a real SQLite store) ----------------------
 def test_journal_keeps_order_and_replays_without_duplicates(tmp_path, monkeypatch):
     from search.tracking import PENDING_PREFIX, MlflowTracker
