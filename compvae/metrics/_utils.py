@@ -47,6 +47,19 @@ def as_factors(factors: np.ndarray, n: int, name: str = "factors") -> np.ndarray
     return f.astype(np.int64, copy=False)
 
 
+def as_train_test(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray,
+                  test_factors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train codes, train factors, test codes, test factors) checked as above and against each
+    other: a predictor fitted on the training split must read the same codes and factors."""
+    xtr = as_codes(train_codes, "train_codes")
+    ytr = as_factors(train_factors, xtr.shape[0], "train_factors")
+    xte = as_codes(test_codes, "test_codes")
+    yte = as_factors(test_factors, xte.shape[0], "test_factors")
+    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
+        raise ValueError("train and test sets must have the same number of codes and factors")
+    return xtr, ytr, xte, yte
+
+
 def histogram_discretize(codes: np.ndarray, num_bins: int = 20) -> np.ndarray:
     """Per code, ``num_bins`` equal-width bins over its observed range -> bin labels 1..num_bins.
 

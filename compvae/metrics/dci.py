@@ -47,7 +47,7 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from compvae.metrics._utils import as_codes, as_factors, nanmean, varying_factors
+from compvae.metrics._utils import as_train_test, nanmean, varying_factors
 
 Estimator = Literal["faithful", "fast"]
 ESTIMATORS: tuple[str, ...] = ("faithful", "fast")
@@ -167,12 +167,7 @@ def importance_matrix(train_codes: np.ndarray, train_factors: np.ndarray, test_c
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"dci estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    xtr = as_codes(train_codes, "train_codes")
-    ytr = as_factors(train_factors, xtr.shape[0], "train_factors")
-    xte = as_codes(test_codes, "test_codes")
-    yte = as_factors(test_factors, xte.shape[0], "test_factors")
-    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
-        raise ValueError("train and test sets must have the same number of codes and factors")
+    xtr, ytr, xte, yte = as_train_test(train_codes, train_factors, test_codes, test_factors)
     d, k = xtr.shape[1], ytr.shape[1]
     r = np.zeros((d, k))
     acc_train = np.full(k, np.nan)

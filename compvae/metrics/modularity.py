@@ -26,6 +26,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from compvae.metrics._utils import (
     as_codes,
     as_factors,
+    as_train_test,
     discrete_mutual_info,
     histogram_discretize,
     nanmean,
@@ -72,10 +73,7 @@ def explicitness_per_factor(train_codes: np.ndarray, train_factors: np.ndarray,
     Codes are standardised with the training statistics (constant codes get std 1 instead of
     dividing by zero). Factors constant in the training set are nan.
     """
-    xtr = as_codes(train_codes, "train_codes")
-    ytr = as_factors(train_factors, xtr.shape[0], "train_factors")
-    xte = as_codes(test_codes, "test_codes")
-    yte = as_factors(test_factors, xte.shape[0], "test_factors")
+    xtr, ytr, xte, yte = as_train_test(train_codes, train_factors, test_codes, test_factors)
     mean = xtr.mean(axis=0)
     std = xtr.std(axis=0)
     std[std == 0] = 1.0

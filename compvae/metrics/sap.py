@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from compvae.metrics._utils import as_codes, as_factors, nanmean, quiet_convergence, varying_factors
+from compvae.metrics._utils import as_train_test, nanmean, quiet_convergence, varying_factors
 
 
 def sap_score_matrix(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray,
@@ -23,12 +23,7 @@ def sap_score_matrix(train_codes: np.ndarray, train_factors: np.ndarray, test_co
 
     Columns of factors constant in the training set are nan (no classifier can be fitted).
     """
-    xtr = as_codes(train_codes, "train_codes")
-    ytr = as_factors(train_factors, xtr.shape[0], "train_factors")
-    xte = as_codes(test_codes, "test_codes")
-    yte = as_factors(test_factors, xte.shape[0], "test_factors")
-    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
-        raise ValueError("train and test sets must have the same number of codes and factors")
+    xtr, ytr, xte, yte = as_train_test(train_codes, train_factors, test_codes, test_factors)
     d, k = xtr.shape[1], ytr.shape[1]
     scores = np.full((d, k), np.nan)
     with quiet_convergence():
