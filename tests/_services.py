@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -63,3 +65,28 @@ def stop_group(proc: subprocess.Popen) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def ray_head_and_mlflow_server(tmp: Path, ray_port: int, mlflow_port: int,
+                               ray_stop: bool = False) -> Iterator[tuple[str, str]]:
+    """(Ray address, MLflow URL) of a `ray start --head` node and an `mlflow server`, started
+    side by side and stopped afterwards. ``ray_stop`` also runs `ray stop` (CI: nothing of the
+    head may outlive the test). Afterwards a plain ``ray.init()`` must not try to join the dead
+    head, so its entry in ``ray_current_cluster`` goes too, as `ray stop` would do."""
+    head_log, server_log = tmp / "ray-head.log", tmp / "mlflow-server.log"
+    head = start_ray_head(ray_port, head_log)
+    server = start_mlflow_server(tmp, mlflow_port, server_log)
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    try:
+        wait_for(lambda: http_ok(f"{mlflow_url}/health"), server, server_log, "mlflow server")
+        wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
+        yield f"127.0.0.1:{ray_port}", mlflow_url
+    finally:
+        stop_group(server)
+        if ray_stop:
+            subprocess.run(["ray", "stop"], check=True, capture_output=True, timeout=120)
+        stop_group(head)
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):
+            current.unlink()

@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from _services import http_ok, start_mlflow_server
+from _services import http_ok, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
@@ -195,19 +195,6 @@ def _start_server(tmp: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.mark.slow  # two MLflow server starts plus a search: ~2-3 min on 2 busy cores
 def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_port):
     port = free_port()
@@ -220,7 +207,7 @@ def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_p
         # the first epoch has reached MLflow (the callback logs it before writing the summary)
         _wait(lambda: any(s.epoch >= 1 for s in TrialSummary.load_all(layout)) if layout.trials_dir.is_dir()
               else False, proc, "a first epoch")
-        _stop(server)
+        stop_group(server)
         out = _finish(proc)
         assert proc.returncode == 0, out  # trials kept training; the search finished
         assert "is unreachable;" in out and JOURNAL in out, out
@@ -234,7 +221,7 @@ def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_p
         assert not (layout.root / JOURNAL).exists()  # everything sent
         _check_stores(layout, MlflowClient(uri))
     finally:
-        _stop(server)
+        stop_group(server)
 
 
 # ---- the driver killed with SIGKILL, then `resume` ----------------------------------------------------

@@ -9,12 +9,11 @@ machine, including other sessions' local instances.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
 import ray
-from _services import http_ok, start_mlflow_server, start_ray_head, stop_group, wait_for
+from _services import ray_head_and_mlflow_server
 from mlflow.tracking import MlflowClient
 
 from compvae.config import TrialConfig
@@ -29,21 +28,8 @@ def services(tmp_path_factory, free_port):
     """(ray address, mlflow URI): a head node and an MLflow server, started side by side."""
     assert not ray.is_initialized()
     tmp = tmp_path_factory.mktemp("services")
-    ray_port, mlflow_port = free_port(), free_port()
-    head_log, server_log = tmp / "ray-head.log", tmp / "mlflow-server.log"
-    head = start_ray_head(ray_port, head_log)
-    server = start_mlflow_server(tmp, mlflow_port, server_log)
-    try:
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), server, server_log, "mlflow server")
-        wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
-        yield f"127.0.0.1:{ray_port}", f"http://127.0.0.1:{mlflow_port}"
-    finally:
-        stop_group(server)
-        stop_group(head)
-        # what `ray stop` would also do: a plain ray.init() must not try to join this dead head
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):
-            current.unlink()
+    with ray_head_and_mlflow_server(tmp, free_port(), free_port()) as services:
+        yield services
 
 
 def test_search_on_a_ray_start_cluster_logging_to_mlflow_server(services, write_space, tmp_path, monkeypatch,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -32,7 +31,7 @@ from typing import Any
 
 import pytest
 import ray
-from _services import http_ok, start_mlflow_server, start_ray_head, stop_group, wait_for
+from _services import ray_head_and_mlflow_server
 
 from compvae.config import TrialConfig
 from search.cli import main
@@ -79,14 +78,7 @@ def real_stack(tmp_path_factory, free_port, tiny_space) -> Iterator[tuple[Search
     """(search layout, its state, MLflow URL) of a finished search on a `ray start` cluster."""
     assert not ray.is_initialized()
     tmp = tmp_path_factory.mktemp("stack")
-    ray_port, mlflow_port = free_port(), free_port()
-    head_log, server_log = tmp / "ray-head.log", tmp / "mlflow-server.log"
-    head = start_ray_head(ray_port, head_log)
-    server = start_mlflow_server(tmp, mlflow_port, server_log)
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-    try:
-        wait_for(lambda: http_ok(f"{mlflow_url}/health"), server, server_log, "mlflow server")
-        wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
+    with ray_head_and_mlflow_server(tmp, free_port(), free_port(), ray_stop=IN_CI) as (address, mlflow_url):
         space = dict(tiny_space)
         space["search"] = {**space["search"], "num_samples": NUM_TRIALS, "scheduler": "none"}
         space_file = tmp / "space.yaml"
@@ -94,21 +86,13 @@ def real_stack(tmp_path_factory, free_port, tiny_space) -> Iterator[tuple[Search
         env_address = os.environ.pop("RAY_ADDRESS", None)  # --address alone must select the cluster
         try:
             rc = main(["launch", str(space_file), "--storage", str(tmp / "s"), "--name", "ui-search",
-                       "--address", f"127.0.0.1:{ray_port}", "--mlflow-uri", mlflow_url])
+                       "--address", address, "--mlflow-uri", mlflow_url])
         finally:
             if env_address is not None:
                 os.environ["RAY_ADDRESS"] = env_address
         assert rc == 0
         layout = SearchLayout(tmp / "s" / "ui-search")
         yield layout, SearchState.load(layout), mlflow_url
-    finally:
-        stop_group(server)
-        if IN_CI:
-            subprocess.run(["ray", "stop"], check=True, capture_output=True, timeout=120)
-        stop_group(head)
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):
-            current.unlink()
 
 
 def test_search_ran_on_the_ray_start_cluster(real_stack):
