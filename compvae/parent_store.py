@@ -42,15 +42,25 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
+# The TrialConfig sections and train fields that determine a trained parent's weights: the one
+# list behind both the store key and a search space's check of which knobs change the parent.
+_IDENTITY_SECTIONS = ("parent", "data")
+_IDENTITY_TRAIN_FIELDS = ("seed", "amp")
+
+
+def changes_parent(dotted: str) -> bool:
+    """Whether a dotted TrialConfig field (``parent.beta``, ``mask.delta``) is part of a parent's
+    identity, so that two values of it need two trained parents."""
+    section, _, field = dotted.partition(".")
+    return section in _IDENTITY_SECTIONS or (section == "train" and field in _IDENTITY_TRAIN_FIELDS)
+
+
 def parent_identity(cfg: TrialConfig) -> dict:
     """Everything that determines the trained parent's weights."""
-    return {
-        "parent": cfg.parent.model_dump(mode="json"),
-        "data": cfg.data.model_dump(mode="json"),
-        "seed": cfg.train.seed,
-        "amp": cfg.train.amp,
-        "code": _code_fingerprint(),
-    }
+    identity: dict = {s: getattr(cfg, s).model_dump(mode="json") for s in _IDENTITY_SECTIONS}
+    identity.update({f: getattr(cfg.train, f) for f in _IDENTITY_TRAIN_FIELDS})
+    identity["code"] = _code_fingerprint()
+    return identity
 
 
 def parent_key(cfg: TrialConfig) -> str:

@@ -42,6 +42,7 @@ from compvae.config import (
     set_dotted,
 )
 from compvae.errors import ConfigError
+from compvae.parent_store import changes_parent
 
 Scalar = str | int | float | bool | None
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "grid")
@@ -208,15 +209,7 @@ class SearchSettings(_Strict):
         return v
 
 
-# TrialConfig fields that determine a trained parent (compvae.parent_store.parent_identity).
-PARENT_SECTIONS = ("parent.", "data.")
-PARENT_FIELDS = ("train.seed", "train.amp")
 MAX_OUTER_POINTS = 64
-
-
-def changes_parent(name: str) -> bool:
-    """Whether a dotted TrialConfig field is part of a parent's identity (its store key)."""
-    return name.startswith(PARENT_SECTIONS) or name in PARENT_FIELDS
 
 
 class OuterLevel(_Strict):
