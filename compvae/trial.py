@@ -93,10 +93,7 @@ def run_trial(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
-    store = ParentStore(parent_store) if isinstance(parent_store, (str, Path)) else parent_store
+    device, store = _runtime(cfg, parent_store)
 
     data = _load_data(cfg, device, prog)
 
@@ -161,15 +158,22 @@ def prepare_parent(config: TrialConfig | dict[str, Any], parent_store: ParentSto
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     t0 = time.perf_counter()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
-    store = ParentStore(parent_store) if isinstance(parent_store, (str, Path)) else parent_store
+    device, store = _runtime(cfg, parent_store)
+    assert store is not None
     prog = Progress(progress)
     data = _load_data(cfg, device, prog, with_child=False)
     _, metrics, reused = _obtain_parent(cfg, data, device, None, store, prog)
     return {"key": parent_key(cfg), "reused": reused, "metrics": metrics,
             "seconds": time.perf_counter() - t0}
+
+
+def _runtime(cfg: TrialConfig, parent_store: ParentStore | str | Path | None
+             ) -> tuple[torch.device, ParentStore | None]:
+    """Torch threads, the device and the parent store, set up alike for a trial and a parent."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    store = ParentStore(parent_store) if isinstance(parent_store, (str, Path)) else parent_store
+    return resolve_device(cfg.train.device), store
 
 
 HISTORY_FILE = "child_history.json"
