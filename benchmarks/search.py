@@ -87,10 +87,11 @@ def outer_parents(layout_root: Path) -> list[dict[str, Any]]:
     """The parents a space's outer level trained before the trials (``outer.json``; none
     without an outer level or without reuse). Their seconds count as trial compute: a trial
     would otherwise have trained them."""
-    import json
+    from search.layout import SearchLayout
+    from search.outer import load_record
 
-    path = layout_root / "outer.json"
-    return json.loads(path.read_text())["points"] if path.is_file() else []
+    record = load_record(SearchLayout(layout_root))
+    return record["points"] if record is not None else []
 
 
 def snapshot_code(dest: Path) -> Path:

@@ -500,27 +500,26 @@ def _outer_level(space: SearchSpace, layout: SearchLayout, state: SearchState, t
                  out: Printer) -> SearchSpace:
     """Train the space's outer parents (once per search) and return the space the Tuner runs.
     Without reuse (the benchmark's baseline) trials train their own parents as ever."""
-    from search.outer import OUTER_FILE, effective_space, pretrain_parents
+    from search.outer import effective_space, load_record, pretrain_parents
 
     if space.outer is None or not space.search.reuse_parents:
         return space
-    if state.outer is None:
+    record = load_record(layout)
+    if record is None:
+        assert state.mlflow_parent_run_id
         state.status = "running"
         state.save(layout)
         tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
         record = pretrain_parents(space, layout, out)
-        write_json_atomic(layout.root / OUTER_FILE, record)
-        state.outer = record
-        state.save(layout)
-        assert state.mlflow_parent_run_id
+        write_json_atomic(layout.outer_file, record)
         kept = record["kept"]
         tracker.set_tags(state.mlflow_parent_run_id, {
             "outer.parents": str(len(record["points"])),
             "outer.kept": "all" if kept is None else ", ".join(map(str, kept)),
             "outer.rank_by": f"{space.outer.rank_by.metric} ({space.outer.rank_by.mode})",
         })
-        tracker.log_artifact(state.mlflow_parent_run_id, layout.root / OUTER_FILE)
-    return effective_space(space, state.outer)
+        tracker.log_artifact(state.mlflow_parent_run_id, layout.outer_file)
+    return effective_space(space, record)
 
 
 def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, status: str, run_status: str) -> None:

@@ -81,6 +81,11 @@ class SearchLayout:
         return self.root / "parents"
 
     @property
+    def outer_file(self) -> Path:
+        """The outer level's record (``search/outer.py``); its presence means the stage is done."""
+        return self.root / "outer.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 
@@ -104,7 +109,6 @@ class SearchState:
     mlflow_experiment_id: str | None = None
     mlflow_parent_run_id: str | None = None
     status: str = "created"  # created | running | interrupted | finished | failed
-    outer: dict[str, Any] | None = None  # the outer level's record (search.outer), once trained
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, layout: SearchLayout) -> None:

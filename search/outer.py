@@ -9,12 +9,13 @@ straight into the search's parent store; every trial then reuses one (``parent/r
 With ``outer.keep`` only the best ``keep`` values by ``outer.rank_by`` go to the inner search.
 
 Resumable: a parent finished before a crash or Ctrl-C is in the store, a half-trained one
-resumes from its partial trainer state, and the stage's outcome is saved in the search state
-(``search.json``), so ``resume`` never re-ranks or retrains.
+resumes from its partial trainer state, and the stage's outcome is written last, atomically, to
+``outer.json`` (:func:`load_record`), so ``resume`` never re-ranks or retrains.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -26,7 +27,6 @@ from search.layout import SearchLayout
 from search.space import SearchSpace
 
 Printer = Callable[[str], None]
-OUTER_FILE = "outer.json"
 
 
 def _label(point: dict[str, Any]) -> str:
@@ -45,7 +45,7 @@ def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
 
 
 def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> dict[str, Any]:
-    """Train the outer level's parents; return the record the search state keeps.
+    """Train the outer level's parents; return the record the driver writes to ``outer.json``.
 
     The record: ``points`` (one per parent: its knob values, store key, metrics, seconds,
     whether it was already stored, or its error), and ``kept`` (the values of the single outer
@@ -111,7 +111,7 @@ def _keep(space: SearchSpace, records: list[dict[str, Any]]) -> list[Any] | None
     outer = space.outer
     if outer.keep is None and not failed:
         return None
-    if len(outer.params) != 1 or len(space.outer_axes()) != 1:
+    if len(space.outer_axes()) != 1:  # keep needs one axis (validated): here a failure with several
         r = failed[0]
         raise UserError(f"outer level: parent {_label(r['values'])} failed to train ({r['error']}); with several "
                         "outer knobs it cannot be left out of the inner search: drop that value and launch again")
@@ -130,6 +130,12 @@ def _keep(space: SearchSpace, records: list[dict[str, Any]]) -> list[Any] | None
     order = [r["values"][name] for r in records]
     kept = {repr(r["values"][name]) for r in chosen}
     return [v for v in order if repr(v) in kept]
+
+
+def load_record(layout: SearchLayout) -> dict[str, Any] | None:
+    """The finished outer stage's record, or None when the search has not finished one."""
+    path = layout.outer_file
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def effective_space(space: SearchSpace, record: dict[str, Any] | None) -> SearchSpace:

@@ -259,6 +259,7 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
     resume trains only what is missing, continues the partial parent from its last epoch, and
     ends with the very parent an uninterrupted run trains (same metrics), each trained once."""
     from compvae.trial import prepare_parent
+    from search.outer import load_record
     from search.space import load_space
 
     data = {
@@ -280,7 +281,7 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
     assert proc.returncode == 130, out
     assert f"compvae-search resume {layout.root}" in out
     state = SearchState.load(layout)
-    assert state.status == "interrupted" and state.outer is None
+    assert state.status == "interrupted" and load_record(layout) is None
     assert not layout.trials_dir.exists() or not any(layout.trials_dir.iterdir())  # no trial started
     partial = sorted(p.parent.name for p in layout.parents_dir.glob("*.partial/parent_trainer.pt"))
     assert partial
@@ -290,8 +291,9 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     state = SearchState.load(layout)
-    assert state.status == "finished" and state.outer is not None
-    points = state.outer["points"]
+    record = load_record(layout)
+    assert state.status == "finished" and record is not None
+    points = record["points"]
     assert [p["values"] for p in points] == [{"parent.beta": 1.0}, {"parent.beta": 2.0}]
     assert all("error" not in p for p in points)
     stored = sorted(p.name for p in layout.parents_dir.iterdir() if not p.name.endswith(".lock"))

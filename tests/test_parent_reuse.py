@@ -26,6 +26,7 @@ from compvae.config import TrialConfig
 from compvae.parent_store import parent_key
 from search.cli import main
 from search.layout import SearchLayout, SearchState
+from search.outer import load_record
 from search.results import FAILED, TrialSummary
 from search.tracking import PARENT_HASH_PARAM, PARENT_REUSED
 
@@ -157,7 +158,7 @@ def outer_search(ray_local, tmp_path_factory, tiny_space):
 
 def test_outer_level_trains_each_parent_once_up_front_and_searches_the_best(outer_search):
     layout, summaries = outer_search
-    record = json.loads((layout.root / "outer.json").read_text())
+    record = json.loads(layout.outer_file.read_text())
     assert [p["values"] for p in record["points"]] == [{"parent.beta": b} for b in OUTER_BETAS]
     assert all(not p["reused"] and "error" not in p for p in record["points"])
     # the store holds exactly the three outer parents, each under the key its trials compute
@@ -167,7 +168,7 @@ def test_outer_level_trains_each_parent_once_up_front_and_searches_the_best(oute
     by_mig = sorted(record["points"], key=lambda p: p["metrics"]["parent/mig"], reverse=True)
     best_two = {p["values"]["parent.beta"] for p in by_mig[:2]}
     assert record["kept"] == [b for b in OUTER_BETAS if b in best_two]
-    assert SearchState.load(layout).outer == record  # resume reads it instead of training again
+    assert load_record(layout) == record  # resume reads it instead of training again
 
     # every trial reused a kept parent and reports that parent's metrics
     metrics_of = {p["values"]["parent.beta"]: p["metrics"] for p in record["points"]}
@@ -196,7 +197,7 @@ def test_outer_level_again_finds_every_parent_in_the_store(outer_search):
     layout, _ = outer_search
     lines: list[str] = []
     again = pretrain_parents(load_space(layout.space_file), layout, lines.append)
-    first = json.loads((layout.root / "outer.json").read_text())
+    first = json.loads(layout.outer_file.read_text())
     assert [p["reused"] for p in again["points"]] == [True] * len(OUTER_BETAS)
     assert [p["metrics"] for p in again["points"]] == [p["metrics"] for p in first["points"]]
     assert again["kept"] == first["kept"]
