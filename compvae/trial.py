@@ -385,6 +385,8 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
     n = len(data.train_factors)
     mode = cfg.child.masking_mode
     mask_metrics: dict[str, float] = {}
+    # the masks' draws (delta jitter, randomized nuisance) resume with the child's checkpoint
+    mask_rng = {"masks": masker.generator}
 
     if cfg.parent.mode == "frozen":
         masks = masker.batched(data.child_images.float() / 255.0, cfg.child.batch_size)
@@ -404,7 +406,7 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
             return loss, {k: v for k, v in parts.items() if k != "kl_per_latent"}
 
         trainer = _ChildTrainer(child, loss_fn, tensors, cfg.child.batch_size, cfg.child.lr,
-                                cfg.train.seed + 1, device, amp=cfg.train.amp)
+                                cfg.train.seed + 1, device, amp=cfg.train.amp, generators=mask_rng)
     else:
         # Joint: the parent keeps training; masks follow the current parent every step.
         probe = masker(data.test_child, stochastic=False)
@@ -441,7 +443,7 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
 
         trainer = _ChildTrainer(both, loss_fn, {"image": data.child_images, "parent_image": data.parent_images},
                                 cfg.child.batch_size, cfg.child.lr, cfg.train.seed + 1, device,
-                                amp=cfg.train.amp)
+                                amp=cfg.train.amp, generators=mask_rng)
     trainer.model_child = child
     return trainer, mask_metrics
 

@@ -108,8 +108,14 @@ def test_conditioning_schedule_and_kl():
     run_trial(tiny(**{"parent.mode": "joint", "child.conditioning": True}))
 
 
-def test_interrupted_trial_resumes_to_identical_metrics(tmp_path):
-    cfg = tiny(**{"child.epochs": 3})
+@pytest.mark.parametrize("updates", [
+    {},
+    # the masks' own random draws (delta jitter every joint step, randomized nuisance in every
+    # evaluation) continue where they stopped, not from their seed
+    {"parent.mode": "joint", "mask.delta_std": 0.5, "mask.nuisance": "randomized", "mask.threshold": 0.001},
+], ids=["frozen", "joint-random-masks"])
+def test_interrupted_trial_resumes_to_identical_metrics(tmp_path, updates):
+    cfg = tiny(**{"child.epochs": 3, **updates})
     straight_reports: dict[int, dict] = {}
     straight = run_trial(cfg, report=lambda m, e: straight_reports.setdefault(e, split_timings(m)[0]))
 

@@ -72,6 +72,9 @@ class Trainer:
             on CPU.
         nan_check_every: steps between NaN/inf checks; default 1 on CPU (checked before the
             update) and ``CUDA_NAN_CHECK_EVERY`` on CUDA (checked after, without a sync per step).
+        generators: the caller's own random generators that ``loss_fn`` or its evaluations draw
+            from (e.g. the mask jitter); checkpointed with the rest, so a resumed run continues
+            their streams instead of restarting them from their seeds.
 
     Attributes:
         epoch: completed epochs. step: completed optimiser steps. num_examples: N, the training
@@ -80,7 +83,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Mapping[str, torch.Tensor],
                  batch_size: int, lr: float, seed: int, device: str | torch.device = "auto",
-                 amp: bool = False, *, nan_check_every: int | None = None) -> None:
+                 amp: bool = False, *, nan_check_every: int | None = None,
+                 generators: Mapping[str, torch.Generator] | None = None) -> None:
         self.device = resolve_device(device)
         if not data:
             raise ValueError("data is empty: give at least one tensor, e.g. {'images': ...}")
@@ -107,6 +111,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.generator = torch.Generator().manual_seed(seed)
+        self.generators = dict(generators or {})
         self.epoch = 0
         self.step = 0
         if nan_check_every is None:
@@ -275,7 +280,7 @@ class Trainer:
     # ---- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything that determines the rest of the run: weights, Adam and scaler states, the
-        torch/CUDA/NumPy/Python RNG states, the shuffle generator, epoch and step."""
+        torch/CUDA/NumPy/Python RNG states, the shuffle and caller generators, epoch and step."""
         np_state = np.random.get_state()
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
@@ -292,6 +297,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "shuffle": self.generator.get_state(),
+            "generators": {name: g.get_state() for name, g in self.generators.items()},
             "epoch": self.epoch,
             "step": self.step,
             "batch_size": self.batch_size,
@@ -317,6 +323,9 @@ class Trainer:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(state["shuffle"])
+        for name, g in self.generators.items():
+            if name in state.get("generators", {}):  # checkpoints from before generators were kept lack it
+                g.set_state(state["generators"][name])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self._reset_epoch_logs()
