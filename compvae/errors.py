@@ -8,6 +8,13 @@ traceback; library callers still get a normal exception they can catch.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for
+    one-line reports of errors raised by libraries."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """A problem with the user's input, worded as one line: what is wrong and how to fix it."""
 

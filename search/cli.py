@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from compvae.errors import UserError
+from compvae.errors import UserError, first_line
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -95,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
         tracker.client.get_run(state.mlflow_parent_run_id or "")
     except Exception as exc:  # a report must not need the MLflow store to be up
-        print(f"note: not logging to MLflow ({str(exc).strip().splitlines()[0][:120]})", file=sys.stderr)
+        print(f"note: not logging to MLflow ({first_line(exc)[:120]})", file=sys.stderr)
         tracker = None
     if tracker is not None:  # writes buffered while the store was away (search.tracking.MlflowTracker)
         sent, pending = sync_pending(tracker, layout)

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from compvae import __version__
-from compvae.errors import UserError
+from compvae.errors import UserError, first_line
 from search.layout import (
     SearchLayout,
     SearchState,
@@ -159,7 +159,7 @@ def connect_ray(address: str | None) -> bool:
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         if address:
             raise UserError(f"--address {address}: cannot join a Ray cluster there ({first}); start one with "
                             "`ray start --head`, set RAY_AUTH_TOKEN for a remote cluster, or drop --address "
@@ -381,7 +381,7 @@ def _start_tracking(space: SearchSpace, layout: SearchLayout, state: SearchState
         state.mlflow_parent_run_id = tracker.start_parent(
             state.mlflow_experiment_id, layout.name, _parent_tags(space, layout, address))
     except Exception as exc:  # any store problem is the user's URI/server: one line
-        raise UserError(f"MLflow store {state.mlflow_uri}: {str(exc).strip().splitlines()[0]}") from None
+        raise UserError(f"MLflow store {state.mlflow_uri}: {first_line(exc)}") from None
     tracker.log_artifact(state.mlflow_parent_run_id, layout.space_file)
     state.save(layout)
 

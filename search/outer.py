@@ -25,6 +25,7 @@ from typing import Any
 from compvae.errors import UserError
 from search.layout import SearchLayout
 from search.space import SearchSpace
+from search.tracking import short_error
 
 Printer = Callable[[str], None]
 
@@ -78,8 +79,7 @@ def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> 
                 try:
                     rec.update(ray.get(ref))
                 except ray.exceptions.RayError as exc:  # the task's own error, or its worker died
-                    cause = getattr(exc, "cause", None) or exc
-                    rec["error"] = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+                    rec["error"] = short_error(exc)
                     out(f"  parent ({_label(points[i])}) FAILED: {rec['error']}")
                 else:
                     how = "found in the store" if rec["reused"] else f"trained in {rec['seconds']:.0f}s"

@@ -45,7 +45,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 from ray.tune.stopper import Stopper
 
 from compvae.config import TrialConfig
-from compvae.errors import ConfigError, UserError
+from compvae.errors import ConfigError, UserError, first_line
 from compvae.parent_store import parent_key
 from search.layout import SearchLayout, SearchState
 from search.results import COMPLETED, FAILED, LOST, RUNNING, STOPPED, TrialSummary
@@ -187,7 +187,7 @@ class MlflowTracker:
 
     def _go_offline(self, exc: BaseException) -> None:
         if self.offline_reason is None:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             self.offline_reason = first[:200]
             log.warning("MLflow store %s unreachable (%s); buffering writes in %s", self.uri, self.offline_reason,
                         self.journal)

@@ -28,7 +28,7 @@ import numpy as np
 
 from compvae.data._resize import check_resolution, grid_order, resize, row_major_strides
 from compvae.data.base import GroundTruthData
-from compvae.errors import DataError
+from compvae.errors import DataError, first_line
 
 FACTOR_NAMES = ["color", "shape", "scale", "orientation", "pos_x", "pos_y"]
 NATIVE_RESOLUTION = 64
@@ -80,13 +80,9 @@ class _PackedImages:
             raise
         except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
             raise DataError(f"{self.path}: cannot read 'imgs' ({type(e).__name__}: "
-                            f"{_one_line(e)}); {_FIX}") from e
+                            f"{first_line(e)}); {_FIX}") from e
         return packed
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _read_npy_header(fp: object) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -142,7 +138,7 @@ class DSprites(GroundTruthData):
         except DataError:
             raise
         except (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError) as e:
-            raise DataError(f"{p}: not a readable .npz archive ({type(e).__name__}: {_one_line(e)}); {_FIX}") from e
+            raise DataError(f"{p}: not a readable .npz archive ({type(e).__name__}: {first_line(e)}); {_FIX}") from e
         side = NATIVE_RESOLUTION
         if len(shape) != 3 or tuple(shape[1:]) != (side, side):
             raise DataError(f"{p}: 'imgs' has shape {tuple(shape)}, expected (N, {side}, {side}); {_FIX}")

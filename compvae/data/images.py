@@ -35,16 +35,12 @@ from compvae.data._resize import (
     resize,
 )
 from compvae.data.base import GroundTruthData
-from compvae.errors import DataError
+from compvae.errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _FIX = "give a folder of .png/.jpg images or an HDF5 file with an 'images' dataset (N, H, W[, C]) uint8"
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
@@ -108,7 +104,7 @@ class ImageFiles(GroundTruthData):
         except DataError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{p}: not a readable HDF5 file ({type(e).__name__}: {_one_line(e)}); {_FIX}") from e
+            raise DataError(f"{p}: not a readable HDF5 file ({type(e).__name__}: {first_line(e)}); {_FIX}") from e
         if len(shape) == 3:
             layout = "nhw"
         elif len(shape) == 4 and shape[3] in (1, 3, 4):
@@ -133,7 +129,7 @@ class ImageFiles(GroundTruthData):
             ds = self._handle[1]["images"]
             raw = read_rows(ds, rows)
         except (OSError, ValueError, KeyError) as e:
-            raise DataError(f"{self.path}: cannot read 'images' ({type(e).__name__}: {_one_line(e)}); "
+            raise DataError(f"{self.path}: cannot read 'images' ({type(e).__name__}: {first_line(e)}); "
                             "the file may be corrupt") from e
         x = raw.astype(np.float32)
         if raw.dtype == np.uint8:
@@ -155,7 +151,7 @@ class ImageFiles(GroundTruthData):
             with Image.open(file) as im:
                 rgb = np.asarray(im.convert("RGB" if self.channels == 3 else "L"))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{file}: unreadable image ({type(e).__name__}: {_one_line(e)}); "
+            raise DataError(f"{file}: unreadable image ({type(e).__name__}: {first_line(e)}); "
                             "remove or replace the file") from e
         square = center_crop_square(rgb)
         if square.ndim == 2:

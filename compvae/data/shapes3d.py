@@ -29,17 +29,13 @@ import numpy as np
 
 from compvae.data._resize import check_resolution, grid_order, read_rows, resize, row_major_strides
 from compvae.data.base import GroundTruthData
-from compvae.errors import DataError
+from compvae.errors import DataError, first_line
 
 FACTOR_NAMES = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
 NATIVE_RESOLUTION = 64
 _FIX = "expected the official 3dshapes.h5 with 'images' (N, 64, 64, 3) uint8 and 'labels' (N, 6)"
 _CHUNK_CACHE_BYTES = 32 << 20  # keeps recently decompressed chunks of a compressed file
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 class Shapes3D(GroundTruthData):
@@ -102,7 +98,7 @@ class Shapes3D(GroundTruthData):
         except DataError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{p}: not a readable HDF5 file ({type(e).__name__}: {_one_line(e)}); {_FIX}") from e
+            raise DataError(f"{p}: not a readable HDF5 file ({type(e).__name__}: {first_line(e)}); {_FIX}") from e
         if len(labels) == 0:
             raise DataError(f"{p}: 'images' is empty; {_FIX}")
         if not np.isfinite(labels).all():
@@ -115,7 +111,7 @@ class Shapes3D(GroundTruthData):
             try:
                 handle = h5py.File(self.path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
             except OSError as e:
-                raise DataError(f"{self.path}: cannot reopen ({_one_line(e)}); {_FIX}") from e
+                raise DataError(f"{self.path}: cannot reopen ({first_line(e)}); {_FIX}") from e
             self._handle = (pid, handle)
         return self._handle[1]["images"]
 
@@ -136,7 +132,7 @@ class Shapes3D(GroundTruthData):
             raise
         except (OSError, ValueError) as e:
             raise DataError(f"{self.path}: cannot read 'images' ({type(e).__name__}: "
-                            f"{_one_line(e)}); the file may be corrupt; {_FIX}") from e
+                            f"{first_line(e)}); the file may be corrupt; {_FIX}") from e
         x = raw.transpose(0, 3, 1, 2).astype(np.float32)
         x *= np.float32(1.0 / 255.0)
         return resize(x, self.resolution)
