@@ -461,17 +461,17 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
 
     assert state.mlflow_parent_run_id
     try:
+        tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
+        state.status = "running"
+        state.history.append({"event": "resume" if restore else "launch",
+                              "time": dt.datetime.now().isoformat(timespec="seconds"), "address": address})
+        state.save(layout)
         space = _outer_level(space, layout, state, tracker, out)
         if restore and tune.Tuner.can_restore(str(layout.tune_dir)):
             tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=_trainable(space, layout),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         else:  # a fresh search, or one stopped before Tune saved anything: the study goes on
             tuner = _new_tuner(space, layout, state)
-        tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
-        state.status = "running"
-        state.history.append({"event": "resume" if restore else "launch",
-                              "time": dt.datetime.now().isoformat(timespec="seconds"), "address": address})
-        state.save(layout)
         tuner.fit()
     except KeyboardInterrupt:
         _mark(tracker, layout, state, "interrupted", "KILLED")
@@ -507,9 +507,6 @@ def _outer_level(space: SearchSpace, layout: SearchLayout, state: SearchState, t
     record = load_record(layout)
     if record is None:
         assert state.mlflow_parent_run_id
-        state.status = "running"
-        state.save(layout)
-        tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
         record = pretrain_parents(space, layout, out)
         write_json_atomic(layout.outer_file, record)
         kept = record["kept"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,11 +35,10 @@ def _label(point: dict[str, Any]) -> str:
 
 def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
     """Ray task body: one parent trained (or found) and evaluated in the store."""
-    import ray
-
-    if not ray.get_gpu_ids():
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # as trial_fn: no GPU given, none used
     from compvae.trial import prepare_parent
+    from search.trainable import hide_unassigned_gpus
+
+    hide_unassigned_gpus()
 
     return prepare_parent(config, store)
 

@@ -67,6 +67,14 @@ def _fault_epoch(search: str, name: str) -> int | None:
     return int(epoch) if target == f"{search}/{name}" else None
 
 
+def hide_unassigned_gpus() -> None:
+    """In a Ray worker given no GPU, hide the node's GPUs. Ray leaves CUDA_VISIBLE_DEVICES alone
+    then: without this a ``train.device: auto`` trial (or outer parent) would still find and
+    share the node's GPUs unaccounted."""
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_parents: bool = True) -> None:
     """Run one trial: base config + this trial's sample, reporting every child epoch.
 
@@ -78,10 +86,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         run_trial,
     )
 
-    if not ray.get_gpu_ids():
-        # Ray leaves CUDA_VISIBLE_DEVICES alone for a trial given no GPU: without this a
-        # `train.device: auto` trial would still find and share the node's GPUs unaccounted.
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    hide_unassigned_gpus()
     layout = SearchLayout(Path(root))
     name = tune.get_context().get_trial_name()
     cfg = TrialConfig.from_dict(base, source="base").with_updates(dict(config))
@@ -94,16 +99,16 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     # Where this attempt resumes: the epoch the persistent state holds (it may be one past the
     # last Tune marker, or the only record if the driver died before Tune saved any).
     saved_metrics = state / "child_metrics.json"
-    resumed_from = 0
-    if (state / "child_trainer.pt").is_file() and saved_metrics.is_file():
-        resumed_from = int(json.loads(saved_metrics.read_text()).get("epoch", 0))
-    if (out_dir / "metrics.json").is_file():
-        resumed_from = cfg.child.epochs  # finished: its state was dropped once the outputs existed
-    first_attempt = not (out_dir / "attempts.jsonl").exists()
     # Finished already: the driver died after the trial's outputs (metrics.json is written
     # last) but before Tune saved the experiment state. Nothing to redo: send the final result
     # again so Tune's results hold it.
     finished = (out_dir / "metrics.json").is_file()
+    resumed_from = 0
+    if finished:
+        resumed_from = cfg.child.epochs  # its state was dropped once the outputs existed
+    elif (state / "child_trainer.pt").is_file() and saved_metrics.is_file():
+        resumed_from = int(json.loads(saved_metrics.read_text()).get("epoch", 0))
+    first_attempt = not (out_dir / "attempts.jsonl").exists()
     with open(out_dir / "attempts.jsonl", "a") as fh:
         fh.write(json.dumps({"time": time.time(), "resumed_from_epoch": resumed_from, "already_finished": finished,
                              "host": socket.gethostname(), "pid": os.getpid(),
