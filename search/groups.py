@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from compvae.errors import ConfigError  # noqa: E402
-from search.results import TrialSummary  # noqa: E402
+from search.results import TrialSummary, knob_value  # noqa: E402
 from search.space import SearchSpace, config_fields  # noqa: E402
 
 # The study's question in metrics: fine-factor disentanglement, overall disentanglement, the
@@ -43,15 +43,6 @@ GROUP_METRICS: tuple[str, ...] = (
     "mask/iou",
 )
 CONFIDENCE = 0.95
-
-
-def knob_value(summary: TrialSummary, knob: str) -> Any:
-    """The trial's value of a dotted TrialConfig field: its sampled value if the knob was
-    searched (or added by grid repeats, like ``train.seed``), else the full config's value."""
-    if knob in summary.params:
-        return summary.params[knob]
-    section, _, name = knob.partition(".")
-    return summary.config.get(section, {}).get(name)
 
 
 def check_knob(knob: str) -> None:

@@ -53,6 +53,15 @@ class TrialSummary:
         return out
 
 
+def knob_value(summary: TrialSummary, knob: str) -> Any:
+    """The trial's value of a dotted TrialConfig field: its sampled value if the knob was
+    searched (or added by grid repeats, like ``train.seed``), else the full config's value."""
+    if knob in summary.params:
+        return summary.params[knob]
+    section, _, name = knob.partition(".")
+    return summary.config.get(section, {}).get(name)
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -106,7 +115,7 @@ def trials_frame(summaries: list[TrialSummary], space: SearchSpace) -> pd.DataFr
         for m in space.metrics:
             row[m] = s.metrics.get(m, float("nan"))
         for p in space.params:
-            row[p] = s.params.get(p, s.config.get(p.split(".")[0], {}).get(p.split(".")[1]))
+            row[p] = knob_value(s, p)
         if s.error:
             row["error"] = s.error[:60]
         rows.append(row)

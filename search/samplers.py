@@ -149,6 +149,3 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str) -> Comp
         final_epochs=space.base_config().child.epochs,
     )
 
-
-def load_study(storage_url: str, study_name: str) -> optuna.Study:
-    return optuna.load_study(study_name=study_name, storage=storage_url)

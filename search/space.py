@@ -45,7 +45,6 @@ from compvae.errors import ConfigError
 from compvae.parent_store import changes_parent
 
 Scalar = str | int | float | bool | None
-SAMPLERS = ("tpe", "random", "gp", "nsga2", "grid")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # YAML 1.1 (PyYAML) reads `1e-3` as a string; numbers in a space are meant as numbers.
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
