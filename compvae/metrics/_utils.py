@@ -60,6 +60,15 @@ def as_train_test(train_codes: np.ndarray, train_factors: np.ndarray, test_codes
     return xtr, ytr, xte, yte
 
 
+def top_two_gap(matrix: np.ndarray) -> np.ndarray:
+    """Per column (factor) of a (codes, factors) matrix, its largest entry minus the runner-up:
+    the gap MIG and SAP both score. With a single code the runner-up is taken as 0."""
+    m = np.asarray(matrix, dtype=np.float64)
+    ranked = np.sort(m, axis=0)[::-1]
+    second = ranked[1] if ranked.shape[0] > 1 else np.zeros(m.shape[1])
+    return ranked[0] - second
+
+
 def histogram_discretize(codes: np.ndarray, num_bins: int = 20) -> np.ndarray:
     """Per code, ``num_bins`` equal-width bins over its observed range -> bin labels 1..num_bins.
 

@@ -17,6 +17,7 @@ from compvae.metrics._utils import (
     discrete_mutual_info,
     histogram_discretize,
     nanmean,
+    top_two_gap,
 )
 
 
@@ -30,9 +31,7 @@ def mig_per_factor(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -
     f = as_factors(factors, c.shape[0])
     mi = discrete_mutual_info(histogram_discretize(c, num_bins), f)
     entropy = discrete_entropy(f)
-    ranked = np.sort(mi, axis=0)[::-1]
-    second = ranked[1] if ranked.shape[0] > 1 else np.zeros(f.shape[1])
-    gap = ranked[0] - second
+    gap = top_two_gap(mi)
     out = np.full(f.shape[1], np.nan)
     ok = entropy > 0
     out[ok] = gap[ok] / entropy[ok]

@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from compvae.metrics._utils import as_train_test, nanmean, quiet_convergence, varying_factors
+from compvae.metrics._utils import (
+    as_train_test,
+    nanmean,
+    quiet_convergence,
+    top_two_gap,
+    varying_factors,
+)
 
 
 def sap_score_matrix(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray,
@@ -40,10 +46,7 @@ def sap_from_matrix(scores: np.ndarray) -> np.ndarray:
 
     With a single code the runner-up is taken as 0.
     """
-    s = np.asarray(scores, dtype=np.float64)
-    ranked = np.sort(s, axis=0)[::-1]
-    second = ranked[1] if ranked.shape[0] > 1 else np.zeros(s.shape[1])
-    return ranked[0] - second
+    return top_two_gap(scores)
 
 
 def sap_per_factor(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray,
