@@ -160,11 +160,15 @@ def prepare_parent(config: TrialConfig | dict[str, Any], parent_store: ParentSto
     t0 = time.perf_counter()
     device, store = _runtime(cfg, parent_store)
     assert store is not None
+    key = parent_key(cfg)
+    cached = _stored_metrics_path(cfg, store.path(key))
+    if store.has(key) and cached.exists():  # a resumed outer stage: no data, no model needed
+        return {"key": key, "reused": True, "metrics": json.loads(cached.read_text()),
+                "seconds": time.perf_counter() - t0}
     prog = Progress(progress)
     data = _load_data(cfg, device, prog, with_child=False)
     _, metrics, reused = _obtain_parent(cfg, data, device, None, store, prog)
-    return {"key": parent_key(cfg), "reused": reused, "metrics": metrics,
-            "seconds": time.perf_counter() - t0}
+    return {"key": key, "reused": reused, "metrics": metrics, "seconds": time.perf_counter() - t0}
 
 
 def _runtime(cfg: TrialConfig, parent_store: ParentStore | str | Path | None
@@ -303,9 +307,7 @@ def _obtain_parent(cfg: TrialConfig, data: TrialData, device: torch.device, ckpt
         parent = build_vae(cfg.parent, c, c).to(device)
         parent.load_state_dict(torch.load(path / "parent.pt", map_location=device))
         parent.eval()
-        # The parent's metrics depend on the eval settings too: cache them per eval section.
-        eval_key = hashlib.sha256(cfg.eval.model_dump_json().encode()).hexdigest()[:12]
-        cached = path / f"metrics-{eval_key}.json"
+        cached = _stored_metrics_path(cfg, path)
         if cached.exists():
             metrics = json.loads(cached.read_text())
         else:
@@ -319,6 +321,13 @@ def _obtain_parent(cfg: TrialConfig, data: TrialData, device: torch.device, ckpt
         _atomic_torch_save(parent.state_dict(), ckpt / "parent.pt")
         (ckpt / "parent_trainer.pt").unlink(missing_ok=True)
     return parent, metrics, reused
+
+
+def _stored_metrics_path(cfg: TrialConfig, parent_dir: Path) -> Path:
+    """Where a stored parent's metrics are cached: they depend on the eval settings too, so
+    one file per eval section."""
+    eval_key = hashlib.sha256(cfg.eval.model_dump_json().encode()).hexdigest()[:12]
+    return parent_dir / f"metrics-{eval_key}.json"
 
 
 def _focus_latent(cfg: TrialConfig, parent: VAE, data: TrialData, ckpt: Path | None) -> int:
