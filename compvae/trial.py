@@ -41,6 +41,8 @@ from compvae.masks import (
     check_coverage,
     choose_latent,
     empty_fraction,
+    encode_means,
+    eval_mode,
     make_masks,
     mask_coverage,
     mask_iou,
@@ -462,28 +464,21 @@ def _child_codes_fn(cfg: TrialConfig, masker: _Masker, child: VAE, device: torch
 
     @torch.no_grad()
     def encode(images: np.ndarray) -> np.ndarray:
-        was_training = child.training
-        child.eval()
         codes = []
-        for i in range(0, len(images), ENCODE_BATCH):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + ENCODE_BATCH])).to(device)
-            m = masker(x, stochastic=False) if mode in MASK_INPUT_MODES else None
-            mu, _ = child.encode(child_input(x, m, mode))
-            codes.append(mu.float().cpu().numpy())
-        child.train(was_training)
+        with eval_mode(child):
+            for i in range(0, len(images), ENCODE_BATCH):
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + ENCODE_BATCH])).to(device)
+                m = masker(x, stochastic=False) if mode in MASK_INPUT_MODES else None
+                mu, _ = child.encode(child_input(x, m, mode))
+                codes.append(mu.float().cpu().numpy())
         return np.concatenate(codes)
 
     return encode
 
 
-def _parent_codes_fn(parent: VAE, device: torch.device):
-    @torch.no_grad()
+def _parent_codes_fn(parent: VAE):
     def encode(images: np.ndarray) -> np.ndarray:
-        codes = []
-        for i in range(0, len(images), ENCODE_BATCH):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + ENCODE_BATCH])).to(device)
-            codes.append(parent.encode(x)[0].float().cpu().numpy())
-        return np.concatenate(codes)
+        return encode_means(parent, np.ascontiguousarray(images), ENCODE_BATCH)[0].cpu().numpy()
 
     return encode
 
@@ -493,9 +488,8 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
 
 
 def _evaluate_parent(cfg: TrialConfig, data: TrialData, parent: VAE) -> dict[str, float]:
-    device = next(parent.parameters()).device
     rng = np.random.default_rng([cfg.train.seed, 2])
-    out = _prefixed("parent/", evaluate(data.parent_data, _parent_codes_fn(parent, device), rng,
+    out = _prefixed("parent/", evaluate(data.parent_data, _parent_codes_fn(parent), rng,
                                         metrics=cfg.eval.metrics, num_train=cfg.eval.num_train,
                                         num_test=cfg.eval.num_test, dci_estimator=cfg.eval.dci_estimator))
     with torch.no_grad():
@@ -524,13 +518,11 @@ def _evaluate_child(cfg: TrialConfig, data: TrialData, masker: _Masker, child: V
 def _child_recon_metrics(cfg: TrialConfig, data: TrialData, masker: _Masker, child: VAE,
                          metrics_prefix: str) -> dict[str, float]:
     """Child reconstruction error on held-out images: overall, inside and outside the mask."""
-    was_training = child.training
-    child.eval()
     x = data.test_child
     m = masker(x, stochastic=False)
-    out = child(child_input(x, m, cfg.child.masking_mode))
+    with eval_mode(child):
+        out = child(child_input(x, m, cfg.child.masking_mode))
     recon = torch.sigmoid(image_channels_of(out.logits, x.shape[1]))
-    child.train(was_training)
     x_np, recon_np, m_np = x.cpu().numpy(), recon.cpu().numpy(), m.cpu().numpy()
     split = masked_recon_error(x_np, recon_np, m_np)
     return {f"{metrics_prefix}recon_error": float(pixel_mse(x_np, recon_np).mean()),
