@@ -526,10 +526,8 @@ def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, stat
         assert state.mlflow_parent_run_id and state.mlflow_experiment_id
         # Trials in flight when the driver stopped get no Tune end event: close their runs too,
         # so nothing is left RUNNING in MLflow. Resume finds them by trial id and reopens them.
-        for run in tracker.trial_runs(state.mlflow_experiment_id, state.mlflow_parent_run_id):
-            if run.info.status == "RUNNING":
-                tracker.set_tags(run.info.run_id, {"trial_status": f"interrupted (search {status})"})
-                tracker.set_status(run.info.run_id, run_status)
+        tracker.close_running(state.mlflow_experiment_id, state.mlflow_parent_run_id, run_status,
+                              {"trial_status": f"interrupted (search {status})"})
         tracker.set_status(state.mlflow_parent_run_id, run_status)
     except Exception as exc:  # never mask the original problem with a tracking one
         log.warning("could not mark the MLflow runs %s: %s", run_status, exc)

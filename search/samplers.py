@@ -45,8 +45,8 @@ def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
             out[name] = IntDistribution(int(lo), int(hi))
         else:
             out[name] = CategoricalDistribution(spec.values())
-    if space.search.sampler == "grid" and space.search.repeats > 1:
-        out["train.seed"] = CategoricalDistribution(space.grid_values()["train.seed"])
+    if space.repeat_seeds():
+        out["train.seed"] = CategoricalDistribution(space.repeat_seeds())
     return out
 
 

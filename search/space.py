@@ -342,8 +342,8 @@ class SearchSpace(_Strict):
         if self.outer is None:
             return {}
         axes = {k: self.params[k].values() for k in self.outer.params}
-        if self.search.sampler == "grid" and self.search.repeats > 1:
-            axes["train.seed"] = self.grid_values()["train.seed"]
+        if self.repeat_seeds():
+            axes["train.seed"] = self.repeat_seeds()
         return axes
 
     def outer_points(self) -> list[dict[str, Any]]:
@@ -387,10 +387,17 @@ class SearchSpace(_Strict):
         """Grid sampler points per param; repeats become a ``train.seed`` axis (base seed + r)
         so every repeat is a real replicate, logged as an ordinary TrialConfig field."""
         grid = {k: p.values() for k, p in self.params.items()}
-        if self.search.repeats > 1:
-            seed0 = self.base_config().train.seed
-            grid["train.seed"] = [seed0 + r for r in range(self.search.repeats)]
+        if self.repeat_seeds():
+            grid["train.seed"] = self.repeat_seeds()
         return grid
+
+    def repeat_seeds(self) -> list[int]:
+        """The ``train.seed`` of each grid repeat (base seed + r); empty without repeats (only
+        the grid sampler repeats, see the validator)."""
+        if self.search.repeats == 1:
+            return []
+        seed0 = self.base_config().train.seed
+        return [seed0 + r for r in range(self.search.repeats)]
 
     @property
     def grid_size(self) -> int:

@@ -337,6 +337,15 @@ class MlflowTracker:
             max_results=10000)), [])
 
     # ---- writes ------------------------------------------------------------------------------------
+    def close_running(self, experiment_id: str, parent_run_id: str, status: str, tags: dict[str, str],
+                      keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """End every trial run still RUNNING under the parent (except trial ids in ``keep``)
+        with ``status``, tagged with why: nothing may stay RUNNING once no process owns it."""
+        for run in self.trial_runs(experiment_id, parent_run_id):
+            if run.info.status == "RUNNING" and run.data.tags.get(TRIAL_ID_TAG) not in keep:
+                self.set_tags(run.info.run_id, tags)
+                self.set_status(run.info.run_id, status)
+
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         return str(self._write("create_run", experiment_id=experiment_id, run_name=run_name, tags=tags))
 
@@ -574,11 +583,9 @@ class TrackingCallback(Callback):
         started but before Tune saved its experiment state loses that trial, and the resumed
         search runs a new one in its place. The lost trial's run would stay RUNNING forever."""
         known = {t.trial_id for t in trials}
-        for run in self.tracker.trial_runs(self.experiment_id, self.parent_run_id):
-            if run.info.status == "RUNNING" and run.data.tags.get(TRIAL_ID_TAG) not in known:
-                self.tracker.set_tags(run.info.run_id, {"orphaned": "lost when the driver was killed; "
-                                                                  "a new trial replaced it on resume"})
-                self.tracker.set_status(run.info.run_id, "KILLED")
+        self.tracker.close_running(self.experiment_id, self.parent_run_id, "KILLED",
+                                   {"orphaned": "lost when the driver was killed; a new trial replaced it on resume"},
+                                   keep=known)
         for summary in TrialSummary.load_all(self.layout):
             if summary.status == RUNNING and summary.trial_id not in known:
                 summary.status = LOST
