@@ -59,10 +59,13 @@ def image_channels_of(output: torch.Tensor, image_channels: int) -> torch.Tensor
     return output[:, :image_channels]
 
 
-def conditioning_gamma(step: int, start: int = 10000, ramp: int = 30000, cap: float = 0.75) -> float:
-    """gamma_t = clip((t - start) / ramp, 0, cap): how strongly the parent's focus latent is
-    pulled toward the child's posteriors (experiment 3 of the original work)."""
-    return float(min(max((step - start) / ramp, 0.0), cap))
+def conditioning_gamma(step: int, total_steps: int, start: float = 0.25, ramp: float = 0.75,
+                       cap: float = 0.75) -> float:
+    """gamma = clip((step / total_steps - start) / ramp, 0, cap): how strongly the parent's focus
+    latent is pulled toward the child (experiment 3 of the original work). Fractions of the
+    run, not step counts, so short runs get the ramp too; defaults = the original's 10k/30k of 40k."""
+    frac = step / max(total_steps, 1)
+    return float(min(max((frac - start) / ramp, 0.0), cap))
 
 
 def conditioning_kl(

@@ -80,6 +80,11 @@ class ChildConfig(VAEConfig):
     outside_weight: float = Field(
         0.0, ge=0, le=1, description="loss weight outside the mask in loss/both modes")
     conditioning: bool = Field(False, description="pull the parent's focus latent toward the child (joint only)")
+    # The conditioning ramp, as fractions of the child's total steps, so it switches on at any
+    # budget; the defaults are the original's 10k/30k steps of a 40k-step run.
+    conditioning_start: float = Field(0.25, ge=0, lt=1, description="fraction of child steps before the ramp")
+    conditioning_ramp: float = Field(0.75, gt=0, le=1, description="fraction of child steps over which gamma rises by 1")
+    conditioning_max: float = Field(0.75, gt=0, le=1, description="cap on the conditioning weight gamma")
 
 
 class TrainConfig(_Section):

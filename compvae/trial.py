@@ -425,13 +425,16 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
         mask_metrics.update(_mask_quality(cfg, data, masker))
         both = torch.nn.ModuleDict({"parent": parent, "child": child})
         latent = masker.latent
+        c = cfg.child
+        total_steps = c.epochs * (n // c.batch_size)  # Trainer.steps_per_epoch: partial batches dropped
 
         def loss_fn(batch: dict[str, torch.Tensor], step: int):
             x, xp = batch["image"], batch["parent_image"]
             parent.train()
             pout = parent(xp)
             kl_scale = None
-            gamma = conditioning_gamma(step) if cfg.child.conditioning else 0.0
+            gamma = (conditioning_gamma(step, total_steps, c.conditioning_start, c.conditioning_ramp,
+                                        c.conditioning_max) if c.conditioning else 0.0)
             if gamma > 0:
                 kl_scale = torch.ones(cfg.parent.latent_dim, device=xp.device)
                 kl_scale[latent] = 1.0 - gamma

@@ -42,6 +42,12 @@ def test_float_values_survive_round_trip(tmp_path):
         ({"data": {"name": "dsprites"}}, "data.path is required for dataset 'dsprites'"),
         ({"child": {"conditioning": True}}, "child.conditioning needs parent.mode: joint"),
         ({"child": {"epochs": 0}}, "child.epochs: Input should be greater than or equal to 1"),
+        ({"child": {"conditioning_start": 1.0}}, "child.conditioning_start: Input should be less than 1"),
+        ({"child": {"conditioning_start": -0.1}}, "child.conditioning_start: Input should be greater than or equal to 0"),
+        ({"child": {"conditioning_ramp": 0.0}}, "child.conditioning_ramp: Input should be greater than 0"),
+        ({"child": {"conditioning_ramp": 1.5}}, "child.conditioning_ramp: Input should be less than or equal to 1"),
+        ({"child": {"conditioning_max": 0.0}}, "child.conditioning_max: Input should be greater than 0"),
+        ({"child": {"conditioning_max": 1.2}}, "child.conditioning_max: Input should be less than or equal to 1"),
     ],
 )
 def test_invalid_fields_give_one_line_naming_the_field(data, needle):

@@ -96,16 +96,43 @@ def test_joint_parent_keeps_training_and_frozen_does_not(tmp_path):
 
 
 def test_conditioning_schedule_and_kl():
-    assert conditioning_gamma(0) == 0.0
-    assert conditioning_gamma(10000) == 0.0
-    assert conditioning_gamma(25000) == pytest.approx(0.5)
-    assert conditioning_gamma(10**6) == 0.75
+    # the defaults reproduce the original's step schedule (start 10k, ramp 30k) on a 40k-step run
+    assert conditioning_gamma(0, 40000) == 0.0
+    assert conditioning_gamma(10000, 40000) == 0.0
+    assert conditioning_gamma(25000, 40000) == pytest.approx(0.5)
+    assert conditioning_gamma(10**6, 40000) == 0.75
     mu = torch.zeros(3, 2)
     lv = torch.zeros(3, 2)
     assert conditioning_kl(mu, lv, torch.zeros(3, 4), torch.zeros(3, 4), latent=1).item() == pytest.approx(0.0)
     # KL(N(1,1) || N(0,1)) = 0.5
     assert conditioning_kl(mu + 1, lv, torch.zeros(3, 4), torch.zeros(3, 4), latent=0).item() == pytest.approx(0.5)
     run_trial(tiny(**{"parent.mode": "joint", "child.conditioning": True}))
+
+
+def test_conditioning_gamma_is_a_fraction_of_the_run():
+    # start 0.25, ramp 0.5, cap 0.6: zero until a quarter, then linear, capped
+    g = [conditioning_gamma(s, 16, 0.25, 0.5, 0.6) for s in (0, 4, 6, 8, 10, 15)]
+    assert g == pytest.approx([0.0, 0.0, 0.25, 0.5, 0.6, 0.6])
+    assert conditioning_gamma(0, 100, start=0.0, ramp=1.0, cap=1.0) == 0.0
+    assert conditioning_gamma(50, 100, start=0.0, ramp=1.0, cap=1.0) == pytest.approx(0.5)
+
+
+def test_conditioning_switches_on_at_a_cpu_budget(monkeypatch):
+    # tiny: 256 images / batch 32 = 8 steps x 2 epochs; the old 10k-step start never fired here
+    import compvae.trial as trial_module
+
+    calls: list[tuple[int, int, float]] = []
+
+    def spy(step, total_steps, *args):
+        g = conditioning_gamma(step, total_steps, *args)
+        calls.append((step, total_steps, g))
+        return g
+
+    monkeypatch.setattr(trial_module, "conditioning_gamma", spy)
+    metrics = run_trial(tiny(**{"parent.mode": "joint", "child.conditioning": True}))
+    assert [c[0] for c in calls] == list(range(16)) and {c[1] for c in calls} == {16}
+    assert calls[0][2] == 0.0 and calls[-1][2] == 0.75  # off at first, at its cap by the end
+    assert metrics["child/train_conditioning_kl"] > 0.0  # the KL term was in the loss
 
 
 @pytest.mark.parametrize("updates", [
