@@ -419,7 +419,8 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
         trainer = _ChildTrainer(child, loss_fn, tensors, cfg.child.batch_size, cfg.child.lr,
                                 cfg.train.seed + 1, device, amp=cfg.train.amp, generators=mask_rng)
     else:
-        # Joint: the parent keeps training; masks follow the current parent every step.
+        # Joint: the parent keeps training (at its own parent.lr); masks follow the current
+        # parent every step.
         probe = masker(data.test_child, stochastic=False)
         check_coverage(probe, cfg.mask.min_coverage, masker.latent)
         mask_metrics.update(_mask_quality(cfg, data, masker))
@@ -457,7 +458,8 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
 
         trainer = _ChildTrainer(both, loss_fn, {"image": data.child_images, "parent_image": data.parent_images},
                                 cfg.child.batch_size, cfg.child.lr, cfg.train.seed + 1, device,
-                                amp=cfg.train.amp, generators=mask_rng)
+                                amp=cfg.train.amp, generators=mask_rng,
+                                param_groups=[(parent, cfg.parent.lr), (child, cfg.child.lr)])
     trainer.model_child = child
     return trainer, mask_metrics
 

@@ -102,6 +102,44 @@ def test_load_rejects_a_checkpoint_for_other_data(tmp_path: Path) -> None:
         _vae_trainer(n=48).load(tmp_path / "a.pt")
 
 
+def _two_part_trainer(lr_a: float, lr_b: float, groups: bool = True) -> tuple[Trainer, torch.nn.ModuleDict]:
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)})
+
+    def loss_fn(b: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = b["x"].flatten(1)
+        return (model["a"](x) + model["b"](x)).pow(2).mean(), {}
+
+    data = {"x": torch.randint(1, 255, (8, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))}
+    pg = [(model["a"], lr_a), (model["b"], lr_b)] if groups else None
+    return Trainer(model, loss_fn, data, batch_size=8, lr=lr_b, seed=0, device="cpu", param_groups=pg), model
+
+
+def test_param_groups_train_each_part_at_its_own_lr(tmp_path: Path) -> None:
+    t, model = _two_part_trainer(0.1, 0.001)
+    assert [g["lr"] for g in t.optimizer.param_groups] == [0.1, 0.001]
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    t.fit(1)  # one Adam step: each weight moves by its group's lr (first step is lr * sign(grad))
+    for name, p in model.named_parameters():
+        step = (p.detach() - before[name]).abs()
+        torch.testing.assert_close(step, torch.full_like(step, 0.1 if name.startswith("a.") else 0.001),
+                                   rtol=1e-3, atol=1e-6)
+    t.save(tmp_path / "t.pt")
+    resumed, _ = _two_part_trainer(0.5, 0.5)
+    resumed.load(tmp_path / "t.pt")  # the checkpoint's group lrs (and Adam moments) come back
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [0.1, 0.001]
+    with pytest.raises(ValueError, match="parameter groups"):  # one group cannot take a two-group state
+        _two_part_trainer(0.1, 0.001, groups=False)[0].load(tmp_path / "t.pt")
+
+
+def test_param_groups_must_cover_the_model_once() -> None:
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)})
+    data = {"x": torch.zeros(8, 4, dtype=torch.uint8)}
+    for groups in ([(model["a"], 0.1)], [(model["a"], 0.1), (model, 0.2)]):
+        with pytest.raises(ValueError, match="every parameter of the model exactly once"):
+            Trainer(model, lambda b, s: (torch.zeros(()), {}), data, 4, 0.1, 0, "cpu", param_groups=groups)
+
+
 def _const_trainer(loss_at: dict[int, float], logs_at: dict[int, float] | None = None,
                    **kw: object) -> Trainer:
     """A linear model whose loss_fn returns chosen values at chosen steps."""

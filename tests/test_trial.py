@@ -95,6 +95,18 @@ def test_joint_parent_keeps_training_and_frozen_does_not(tmp_path):
     assert any(not torch.equal(pre_j[k], end_j[k]) for k in pre_j)
 
 
+def test_joint_parent_keeps_its_own_learning_rate(tmp_path):
+    cfg = tiny(**{"parent.mode": "joint", "parent.lr": 2e-3, "child.lr": 5e-4, "child.epochs": 1})
+    run_trial(cfg, checkpoint_dir=tmp_path)
+    groups = torch.load(tmp_path / "child_trainer.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [2e-3, 5e-4]  # parent group, then child group
+    assert len(groups[0]["params"]) == len(torch.load(tmp_path / "parent.pt"))  # a VAE has no buffers
+    frozen = tiny(**{"child.lr": 5e-4, "child.epochs": 1})
+    run_trial(frozen, checkpoint_dir=tmp_path / "frozen")
+    groups = torch.load(tmp_path / "frozen" / "child_trainer.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [5e-4]
+
+
 def test_conditioning_schedule_and_kl():
     # the defaults reproduce the original's step schedule (start 10k, ramp 30k) on a 40k-step run
     assert conditioning_gamma(0, 40000) == 0.0

@@ -20,7 +20,7 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ class Trainer:
         generators: the caller's own random generators that ``loss_fn`` or its evaluations draw
             from (e.g. the mask jitter); checkpointed with the rest, so a resumed run continues
             their streams instead of restarting them from their seeds.
+        param_groups: ``[(submodule, lr), ...]`` covering every parameter of ``model`` once, for
+            parts that need their own learning rate (a jointly trained parent); default: one
+            group, all of ``model`` at ``lr``.
 
     Attributes:
         epoch: completed epochs. step: completed optimiser steps. num_examples: N, the training
@@ -84,7 +87,8 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Mapping[str, torch.Tensor],
                  batch_size: int, lr: float, seed: int, device: str | torch.device = "auto",
                  amp: bool = False, *, nan_check_every: int | None = None,
-                 generators: Mapping[str, torch.Generator] | None = None) -> None:
+                 generators: Mapping[str, torch.Generator] | None = None,
+                 param_groups: Sequence[tuple[nn.Module, float]] | None = None) -> None:
         self.device = resolve_device(device)
         if not data:
             raise ValueError("data is empty: give at least one tensor, e.g. {'images': ...}")
@@ -103,7 +107,7 @@ class Trainer:
         self.loss_fn = loss_fn
         self.lr = lr
         self.seed = seed
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(_param_groups(self.model, param_groups), lr=lr)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported()
                           else torch.float16)
@@ -351,6 +355,19 @@ class Trainer:
         """Load a checkpoint written by :meth:`save` (tensors-only unpickling, CPU first)."""
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         self.load_state_dict(state)
+
+
+def _param_groups(model: nn.Module, groups: Sequence[tuple[nn.Module, float]] | None
+                  ) -> list[dict[str, Any]]:
+    """Adam's parameter groups; each of ``model``'s parameters must be in exactly one, so none
+    is silently left untrained or stepped twice."""
+    if groups is None:
+        return [{"params": list(model.parameters())}]
+    out = [{"params": list(module.parameters()), "lr": float(lr)} for module, lr in groups]
+    given = [id(p) for g in out for p in g["params"]]
+    if len(given) != len(set(given)) or set(given) != {id(p) for p in model.parameters()}:
+        raise ValueError("param_groups must hold every parameter of the model exactly once")
+    return out
 
 
 def _as_python_rng_state(state: Any) -> tuple[Any, ...]:
