@@ -38,6 +38,7 @@ from compvae.config import TrialConfig
 from compvae.data import GroundTruthData, get_dataset
 from compvae.losses import beta_tcvae_loss
 from compvae.masks import (
+    EmptyMaskError,
     check_coverage,
     choose_latent,
     empty_fraction,
@@ -122,7 +123,10 @@ def run_trial(
         epoch = trainer.epoch
         final = epoch == cfg.child.epochs
         metrics = {**base, **{f"child/train_{k}": v for k, v in logs.items()}}
-        metrics.update(_child_recon_metrics(cfg, data, masker, trainer.model_child, metrics_prefix="child/"))
+        test_masks = masker(data.test_child, stochastic=False)
+        if cfg.parent.mode == "joint":
+            _check_joint_coverage(cfg, masker, test_masks, epoch)
+        metrics.update(_child_recon_metrics(cfg, data, test_masks, trainer.model_child, metrics_prefix="child/"))
         if final:
             metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, full=True))
         else:
@@ -422,7 +426,7 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
         # Joint: the parent keeps training (at its own parent.lr); masks follow the current
         # parent every step.
         probe = masker(data.test_child, stochastic=False)
-        check_coverage(probe, cfg.mask.min_coverage, masker.latent)
+        check_coverage(probe, cfg.mask.min_coverage, masker.latent)  # again after every epoch (run_trial)
         mask_metrics.update(_mask_quality(cfg, data, masker))
         both = torch.nn.ModuleDict({"parent": parent, "child": child})
         latent = masker.latent
@@ -519,12 +523,22 @@ def _evaluate_child(cfg: TrialConfig, data: TrialData, masker: _Masker, child: V
                                         num_test=min(n, cfg.eval.num_test), dci_estimator="fast"))
 
 
+def _check_joint_coverage(cfg: TrialConfig, masker: _Masker, test_masks: torch.Tensor, epoch: int) -> None:
+    """A jointly trained parent can stop using its focus latent mid-run: stop the trial then, as
+    an empty mask at the start does, instead of training the child on nothing."""
+    try:
+        check_coverage(test_masks, cfg.mask.min_coverage, masker.latent)
+    except EmptyMaskError as exc:
+        raise EmptyMaskError(f"after joint epoch {epoch}: {exc}") from None
+
+
 @torch.no_grad()
-def _child_recon_metrics(cfg: TrialConfig, data: TrialData, masker: _Masker, child: VAE,
+def _child_recon_metrics(cfg: TrialConfig, data: TrialData, test_masks: torch.Tensor, child: VAE,
                          metrics_prefix: str) -> dict[str, float]:
-    """Child reconstruction error on held-out images: overall, inside and outside the mask."""
+    """Child reconstruction error on held-out images (``test_masks``: their deterministic
+    masks): overall, inside and outside the mask."""
     x = data.test_child
-    m = masker(x, stochastic=False)
+    m = test_masks
     with eval_mode(child):
         out = child(child_input(x, m, cfg.child.masking_mode))
     recon = torch.sigmoid(image_channels_of(out.logits, x.shape[1]))

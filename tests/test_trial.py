@@ -12,6 +12,7 @@ from compvae.child import child_target_and_weight, conditioning_gamma, condition
 from compvae.cli import main as cli_main
 from compvae.config import ChildConfig, preset
 from compvae.masks import EmptyMaskError
+from compvae.training import Trainer
 from compvae.trial import run_trial, split_timings
 
 
@@ -93,6 +94,25 @@ def test_joint_parent_keeps_training_and_frozen_does_not(tmp_path):
     assert all(torch.equal(pre_f[k], pre_j[k]) for k in pre_f)
     assert all(torch.equal(pre_f[k], end_f[k]) for k in pre_f)
     assert any(not torch.equal(pre_j[k], end_j[k]) for k in pre_j)
+
+
+def test_joint_mask_coverage_is_checked_every_epoch(monkeypatch):
+    # the joint parent stops using latent 0 during epoch 2 (its decoder's weights on it are
+    # zeroed): epoch 1 reports, then epoch 2's check on the held-out masks stops the trial
+    real_epoch = Trainer.train_epoch
+
+    def epoch_then_forget(self):
+        logs = real_epoch(self)
+        if self.epoch == 2:
+            with torch.no_grad():
+                self.model["parent"].decoder_dense[0].weight[:, 0] = 0.0
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_epoch", epoch_then_forget)
+    reports: list[int] = []
+    with pytest.raises(EmptyMaskError, match=r"after joint epoch 2: mask for latent 0 covers 0% .*empty mask"):
+        run_trial(tiny(**{"parent.mode": "joint", "child.epochs": 3}), report=lambda m, e: reports.append(e))
+    assert reports == [1]
 
 
 def test_joint_parent_keeps_its_own_learning_rate(tmp_path):
