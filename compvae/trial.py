@@ -390,9 +390,24 @@ def _build_child(cfg: TrialConfig, image_channels: int, device: torch.device) ->
 
 
 class _ChildTrainer(Trainer):
-    """A Trainer that knows which of its modules is the child (joint mode trains both)."""
+    """A Trainer that knows which of its modules is the child (joint mode trains both) and,
+    given ``redraw_masks``, replaces its frozen masks before every epoch after the first."""
 
     model_child: VAE
+    redraw_masks: Callable[[], torch.Tensor] | None = None
+
+    def train_epoch(self) -> dict[str, float]:
+        if self.redraw_masks is not None and self.epoch > 0:
+            self.data["mask"] = self.redraw_masks().to(self.device)
+        return super().train_epoch()
+
+
+def _frozen_masks_u8(cfg: TrialConfig, data: TrialData, masker: _Masker) -> torch.Tensor:
+    """uint8 masks of the training set, one delta draw per child.batch_size chunk (as the first
+    epoch's), converted chunk by chunk so no float copy of the whole set is held."""
+    b, imgs = cfg.child.batch_size, data.child_images
+    return torch.cat([(masker(imgs[i : i + b].float() / 255.0) * 255.0).round_().to(torch.uint8)
+                      for i in range(0, len(imgs), b)])
 
 
 def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, masker: _Masker,
@@ -422,6 +437,10 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
 
         trainer = _ChildTrainer(child, loss_fn, tensors, cfg.child.batch_size, cfg.child.lr,
                                 cfg.train.seed + 1, device, amp=cfg.train.amp, generators=mask_rng)
+        if cfg.mask.delta_std > 0:
+            # a fresh d every epoch, from the checkpointed mask generator (a resume continues it);
+            # without jitter the masks never change, so they stay computed once
+            trainer.redraw_masks = lambda: _frozen_masks_u8(cfg, data, masker)
     else:
         # Joint: the parent keeps training (at its own parent.lr); masks follow the current
         # parent every step.

@@ -167,12 +167,37 @@ def test_conditioning_switches_on_at_a_cpu_budget(monkeypatch):
     assert metrics["child/train_conditioning_kl"] > 0.0  # the KL term was in the loss
 
 
+@pytest.mark.parametrize("delta_std", [0.5, 0.0])
+def test_frozen_mask_jitter_is_redrawn_every_epoch(monkeypatch, delta_std):
+    real_epoch = Trainer.train_epoch
+    used: list[torch.Tensor] = []
+    storage: list[int] = []
+
+    def record(self):
+        if "mask" in self.data:  # the child's trainer (not the parent's): the masks this epoch trains on
+            used.append(self.data["mask"].clone())
+            storage.append(self.data["mask"].data_ptr())
+        return real_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", record)
+    run_trial(tiny(**{"mask.delta_std": delta_std, "mask.threshold": 0.001, "child.epochs": 3}))
+    assert len(used) == 3
+    per_image = [(a != b).flatten(1).any(1) for a, b in zip(used, used[1:], strict=False)]
+    if delta_std > 0:  # every chunk of 32 images gets a new d each epoch: (nearly) every mask changes
+        assert all(float(changed.float().mean()) > 0.9 for changed in per_image)
+    else:  # no jitter: the masks are the ones computed once, untouched
+        assert all(not changed.any() for changed in per_image)
+        assert len(set(storage)) == 1  # not even recomputed
+
+
 @pytest.mark.parametrize("updates", [
     {},
     # the masks' own random draws (delta jitter every joint step, randomized nuisance in every
     # evaluation) continue where they stopped, not from their seed
     {"parent.mode": "joint", "mask.delta_std": 0.5, "mask.nuisance": "randomized", "mask.threshold": 0.001},
-], ids=["frozen", "joint-random-masks"])
+    # frozen masks redrawn every epoch from the checkpointed mask generator
+    {"mask.delta_std": 0.5, "mask.nuisance": "randomized", "mask.threshold": 0.001},
+], ids=["frozen", "joint-random-masks", "frozen-redrawn-masks"])
 def test_interrupted_trial_resumes_to_identical_metrics(tmp_path, updates):
     cfg = tiny(**{"child.epochs": 3, **updates})
     straight_reports: dict[int, dict] = {}
