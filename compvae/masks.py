@@ -491,10 +491,12 @@ def choose_latent(
 
     - ``by="kl"``: the one with the largest KL;
     - ``by="mi"`` with ``factors`` (int ``(N, K)``, aligned with ``images``): the one with the
-      highest mutual information (posterior means in 20 equal-width bins, like MIG; raw MI in
-      nats via ``sklearn.metrics.mutual_info_score``) with any single factor. KL breaks ties.
-      MI guards against a latent that carries KL but that the decoder ignores or that encodes
-      no factor. Without factors (unlabelled data) it falls back to KL.
+      highest normalised mutual information I(z_j; v_k) / H(v_k) with any single factor
+      (posterior means in 20 equal-width bins, as MIG does). Normalising compares the fraction
+      of each factor explained, so a 16-level factor known in part does not beat a 2-level one
+      known fully; constant factors (H = 0) are skipped. KL breaks ties. MI guards against a
+      latent that carries KL but that the decoder ignores or that encodes no factor. Without
+      factors (unlabelled data) it falls back to KL.
 
     ``kl_per_latent`` (e.g. the trainer's logged ``kl_per_latent``) skips recomputing KL.
     Raises ``EmptyMaskError`` if every latent has zero KL (a fully collapsed parent).
@@ -524,7 +526,9 @@ def choose_latent(
     if f.shape[0] != codes.shape[0]:
         raise ValueError(f"factors have {f.shape[0]} rows but there are {codes.shape[0]} images")
     binned = _discretize(codes[:, active])
-    mi = np.array([max(mutual_info_score(f[:, i], binned[:, a]) for i in range(f.shape[1]))
+    entropy = [mutual_info_score(f[:, i], f[:, i]) for i in range(f.shape[1])]  # H(v_i) = I(v_i; v_i)
+    varying = [i for i in range(f.shape[1]) if entropy[i] > 0]
+    mi = np.array([max((mutual_info_score(f[:, i], binned[:, a]) / entropy[i] for i in varying), default=0.0)
                    for a in range(len(active))])
     best = max(range(len(active)), key=lambda a: (round(float(mi[a]), 12), float(kl[active[a]])))
     return int(active[best])

@@ -438,10 +438,45 @@ def test_choose_latent_by_mi_picks_the_latent_that_encodes_a_factor() -> None:
     kl = latent_kl(p, imgs)
     assert int(torch.argmax(kl)) == 3
     assert choose_latent(p, imgs, by="kl") == 3
-    assert choose_latent(p, imgs, factors=factors, by="mi") == 0  # x: log 8 nats > log 3
+    # x and brightness are both fully encoded (normalised MI 1 each): latent 0's larger KL wins
+    assert choose_latent(p, imgs, factors=factors, by="mi") == 0
     assert choose_latent(p, imgs, factors=factors[:, 1:], by="mi") == 1  # only brightness labelled
     # active rule: with latent 3's KL far above, latents 0 and 1 are inactive at fraction 0.9
     assert choose_latent(p, imgs, factors=factors, by="mi", active_fraction=0.9) == 3
+
+
+class CodeParent(nn.Module):
+    """A parent whose "images" are its codes: ``(N, 1, 1, D)`` in, posterior means ``x`` out."""
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu = x.flatten(1)
+        return mu, torch.full_like(mu, -4.6)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z.view(z.shape[0], 1, 1, -1)
+
+
+def test_choose_latent_by_mi_normalises_by_factor_entropy() -> None:
+    from sklearn.metrics import mutual_info_score
+
+    # factors: a 16-level position and a 2-level switch, balanced (32 copies of the full grid).
+    # latent 0 knows position only to a quarter (4 of 16 levels), latent 1 knows the switch
+    # exactly, latent 2 is noise.
+    pos, switch = (g.ravel() for g in np.meshgrid(np.arange(16), np.arange(2), indexing="ij"))
+    pos, switch = np.tile(pos, 32), np.tile(switch, 32)
+    noise = np.random.default_rng(0).normal(size=pos.size)
+    codes = np.stack([pos // 4, switch, noise], axis=1).astype(np.float32)
+    factors = np.stack([pos, switch], axis=1)
+    # raw MI (the old rule) prefers latent 0: log 4 nats > log 2 nats
+    assert mutual_info_score(pos, pos // 4) == pytest.approx(np.log(4))
+    assert mutual_info_score(switch, switch) == pytest.approx(np.log(2))
+    # normalised: latent 0 explains half of H(position) (log 4 / log 16), latent 1 all of H(switch)
+    images = torch.from_numpy(codes).view(-1, 1, 1, 3)
+    assert choose_latent(CodeParent(), images, factors=factors, by="mi") == 1
+    assert choose_latent(CodeParent(), images, by="kl") == 0  # the most KL: not what MI picks
+    # a constant factor (zero entropy) is skipped rather than divided by
+    constant = np.concatenate([factors, np.zeros((pos.size, 1), dtype=np.int64)], axis=1)
+    assert choose_latent(CodeParent(), images, factors=constant, by="mi") == 1
 
 
 # ---- a real (untrained) VAE: shapes, device, dtype -------------------------------------------
