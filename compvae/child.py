@@ -68,6 +68,15 @@ def conditioning_gamma(step: int, total_steps: int, start: float = 0.25, ramp: f
     return float(min(max((frac - start) / ramp, 0.0), cap))
 
 
+def kl_warmup_weight(step: int, total_steps: int, warmup: float) -> float:
+    """Weight of the KL and TC terms at ``step``: a linear ramp from 0 over the first
+    ``warmup`` fraction of the child's steps, then 1. A masked loss covers few pixels, so
+    without a ramp its child can collapse before the decoder learns to read z."""
+    if warmup <= 0:
+        return 1.0
+    return float(min(1.0, step / max(1.0, warmup * total_steps)))
+
+
 def conditioning_kl(
     parent_mu: torch.Tensor, parent_logvar: torch.Tensor, child_mu: torch.Tensor, child_logvar: torch.Tensor,
     latent: int,

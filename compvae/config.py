@@ -18,6 +18,7 @@ from compvae.errors import ConfigError
 
 Resolution = Literal[32, 64, 128, 256]
 MaskingMode = Literal["none", "input", "loss", "both"]
+PROCEDURAL = ("scenes", "shapes")
 
 
 class _Section(BaseModel):
@@ -25,13 +26,15 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    name: Literal["shapes", "dsprites", "shapes3d", "images"] = "shapes"
+    name: Literal["scenes", "shapes", "dsprites", "shapes3d", "images"] = "scenes"
     path: str | None = Field(None, description="local file or folder for dsprites/shapes3d/images")
     num_train: int = Field(8192, ge=64, description="images in the (fixed) training set; TC uses this N")
+    detail_resolution: Resolution = Field(
+        64, description="scenes: resolution of the target's texture grid; it averages away below it")
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.name != "shapes" and not self.path:
+        if self.name not in PROCEDURAL and not self.path:
             raise ValueError(f"data.path is required for dataset '{self.name}': give the local file or folder")
         return self
 
@@ -53,6 +56,8 @@ class ParentConfig(VAEConfig):
 
 
 class MaskConfig(_Section):
+    source: Literal["parent", "oracle"] = Field(
+        "parent", description="oracle: the dataset's true target silhouette (the positive control)")
     latent: int | Literal["auto"] = "auto"
     auto_by: Literal["kl", "mi"] = "mi"
     delta: float = Field(0.2, gt=0, le=20)
@@ -79,6 +84,10 @@ class ChildConfig(VAEConfig):
     masking_mode: MaskingMode = "loss"
     outside_weight: float = Field(
         0.0, ge=0, le=1, description="loss weight outside the mask in loss/both modes")
+    parent_code: Literal["none", "decoder"] = Field(
+        "none", description="decoder: the child's decoder also reads the frozen parent's posterior mean")
+    kl_warmup: float = Field(
+        0.0, ge=0, le=1, description="fraction of child steps over which the KL and TC terms ramp up from 0")
     conditioning: bool = Field(False, description="pull the parent's focus latent toward the child (joint only)")
     # The conditioning ramp, as fractions of the child's total steps, so it switches on at any
     # budget; the defaults are the original's 10k/30k steps of a 40k-step run.
@@ -97,8 +106,11 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     num_train: int = Field(10000, ge=10)
     num_test: int = Field(5000, ge=10)
-    metrics: list[Literal["mig", "dci", "sap", "modularity", "factorvae", "betavae", "unsupervised"]] = Field(
-        default_factory=lambda: ["mig", "dci", "sap", "unsupervised"])
+    metrics: list[Literal["mig", "dci", "sap", "modularity", "factorvae", "betavae", "informativeness",
+                          "unsupervised"]] = Field(
+        default_factory=lambda: ["mig", "dci", "sap", "informativeness", "unsupervised"])
+    active_kl: float = Field(0.1, ge=0, description="nats a latent must carry to count as active (probes)")
+    light_points: int = Field(1000, ge=10, description="points of the per-epoch evaluation that feeds ASHA")
     dci_estimator: Literal["fast", "faithful"] = "fast"
     figures: bool = True
     num_figure_images: int = Field(6, ge=1, le=64)
@@ -121,6 +133,12 @@ class TrialConfig(_Section):
         if isinstance(self.mask.latent, int) and self.mask.latent >= self.parent.latent_dim:
             raise ValueError(
                 f"mask.latent ({self.mask.latent}) must be < parent.latent_dim ({self.parent.latent_dim})")
+        if self.mask.source == "oracle":
+            if self.data.name not in PROCEDURAL:
+                raise ValueError(f"mask.source: oracle needs a dataset with true silhouettes "
+                                 f"({', '.join(PROCEDURAL)}), not '{self.data.name}'; use mask.source: parent")
+            if self.parent.mode != "frozen":
+                raise ValueError("mask.source: oracle needs parent.mode: frozen (an oracle mask follows no parent)")
         if self.child.conditioning and self.parent.mode != "joint":
             raise ValueError("child.conditioning needs parent.mode: joint (a frozen parent cannot be pulled)")
         return self
@@ -216,19 +234,20 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 # ---- presets ------------------------------------------------------------------------------
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU, 2 cores: a whole trial in about a minute. The parent trains 30 epochs (~35 s): at 10
-    # it has barely left posterior collapse (parent/mig 0.08 vs 0.22 at 30, DCI 0.09 vs 0.22),
-    # and a search trains each distinct parent once (compvae.parent_store), so the longer
-    # parent costs a search little. spaces/study-masking.yaml pins the 10 it was run with.
+    # CPU, 2 cores: a whole trial in about a minute on the `scenes` benchmark (docs/benchmark.md).
+    # The parent trains 30 epochs (a search trains each distinct parent once, compvae.parent_store).
+    # The child: beta 1 (plain KL; TC unweighted), lr 2e-3 and a KL warm-up over its first quarter,
+    # because a loss-masked child sees few pixels and collapses without one. The final evaluation
+    # uses 10,000 / 5,000 points (MIG per group on 10k, probes on the active latents).
     "quick": {
-        "data": {"name": "shapes", "num_train": 4096},
+        "data": {"name": "scenes", "num_train": 4096},
         "parent": {"resolution": 32, "latent_dim": 8, "width": 16, "beta": 4.0, "epochs": 30, "batch_size": 64,
                    "lr": 2e-3},
         "mask": {"latent": "auto", "delta": 1.0, "threshold": 0.02, "blur_sigma": 1.0},
-        "child": {"resolution": 64, "latent_dim": 8, "width": 16, "beta": 4.0, "epochs": 6, "batch_size": 64,
-                  "lr": 1e-3, "masking_mode": "loss"},
+        "child": {"resolution": 64, "latent_dim": 8, "width": 16, "beta": 1.0, "epochs": 8, "batch_size": 64,
+                  "lr": 2e-3, "kl_warmup": 0.25, "masking_mode": "loss"},
         "train": {"seed": 0, "device": "auto"},
-        "eval": {"num_train": 1000, "num_test": 500, "metrics": ["mig", "dci", "unsupervised"],
+        "eval": {"num_train": 10000, "num_test": 5000, "metrics": ["mig", "informativeness", "unsupervised"],
                  "num_figure_images": 6},
     },
     # Smoke tests and CI: a whole trial in seconds (numbers are not meaningful).
@@ -242,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # GPU: the original work's scale (parent 64 px, child 256 px, batch 32).
     "paper": {
-        "data": {"name": "shapes", "num_train": 50000},
+        "data": {"name": "scenes", "num_train": 50000, "detail_resolution": 256},
         "parent": {"resolution": 64, "latent_dim": 10, "beta": 25.0, "epochs": 16, "batch_size": 32, "lr": 5e-4},
         "mask": {"latent": "auto", "delta": 0.2, "delta_std": 0.05, "threshold": 0.005, "blur_sigma": 1.0},
         "child": {"resolution": 256, "latent_dim": 10, "beta": 500.0, "epochs": 16, "batch_size": 32, "lr": 1e-4,

@@ -395,6 +395,24 @@ def make_masks(
 
 
 # ---- coverage and emptiness -------------------------------------------------------------------
+def oracle_masks(silhouettes: Tensor, images: Tensor, threshold: float, blur_sigma: float = 0.0, *,
+                 kind: MaskKind = "hard", out_resolution: int | None = None,
+                 return_steps: bool = False) -> Tensor | MaskSteps:
+    """``mask.source: oracle``: true silhouettes (B, 1, Rp, Rp) at the parent's resolution,
+    blurred and resized as a parent's map would be: the upper bound on what a mask can give the
+    child. A silhouette's edge is its 0.5 level, so a hard oracle thresholds there (``threshold``
+    is for parent difference maps); a soft one keeps the blurred silhouette. ``images`` fill
+    the figure's decode panels."""
+    sil = silhouettes.float()
+    blurred = gaussian_blur(sil, blur_sigma)
+    mask = (blurred >= 0.5).float() if kind == "hard" else blurred
+    out = resize_mask(mask, out_resolution or sil.shape[-1], kind)
+    if not return_steps:
+        return out
+    return MaskSteps(images.float(), images.float(), sil, blurred, out, delta=0.0, threshold=threshold,
+                     blur_sigma=blur_sigma, kind=kind, nuisance="oracle")
+
+
 def mask_coverage(masks: Tensor) -> Tensor:
     """Per-image mean mask value ``(B,)``: the fraction of pixels a hard mask covers."""
     return masks.flatten(1).float().mean(dim=1)

@@ -33,9 +33,10 @@ from compvae.child import (
     conditioning_gamma,
     conditioning_kl,
     image_channels_of,
+    kl_warmup_weight,
 )
 from compvae.config import TrialConfig
-from compvae.data import GroundTruthData, get_dataset
+from compvae.data import GroundTruthData, dataset_options, get_dataset
 from compvae.losses import beta_tcvae_loss
 from compvae.masks import (
     EmptyMaskError,
@@ -47,17 +48,21 @@ from compvae.masks import (
     make_masks,
     mask_coverage,
     mask_iou,
+    oracle_masks,
 )
 from compvae.metrics import evaluate, masked_recon_error, pixel_mse
+from compvae.metrics.informativeness import active_latents
+from compvae.metrics.unsupervised import per_latent_kl
 from compvae.models import VAE, build_vae
+from compvae.models.vae import VAEOutput
 from compvae.parent_store import ParentStore, parent_key
 from compvae.progress import Progress
 from compvae.training import Trainer, resolve_device, seed_everything
 
 ReportFn = Callable[[dict[str, float], int], None]
 
-# Per-epoch (light) evaluation size: enough for a stable MIG, cheap next to an epoch.
-LIGHT_EVAL_POINTS = 1000
+# Metrics of the per-epoch (light) evaluation, when the final one has them.
+LIGHT_METRICS = ("mig", "informativeness")
 RECON_EVAL_POINTS = 512
 ENCODE_BATCH = 256
 
@@ -75,6 +80,7 @@ class TrialData:
     test_parent: torch.Tensor  # float (n, C, Rp, Rp)
     test_child: torch.Tensor  # float (n, C, Rc, Rc)
     test_silhouettes: torch.Tensor | None  # float (n, 1, Rc, Rc) where the dataset has them
+    test_details: torch.Tensor | None  # float (n, 1, Rc, Rc): where the fine factors change pixels
 
 
 def run_trial(
@@ -106,7 +112,8 @@ def run_trial(
     prog.write(f"mask   latent {latent}")
 
     # ---- masks + child -------------------------------------------------------------------
-    masker = _Masker(cfg, parent, latent)
+    masker = _Masker(cfg, parent, latent, data)
+    pcode = _ParentCode(cfg, parent)
     child = _build_child(cfg, data.child_data.channels, device)
     trainer, mask_metrics = _child_trainer(cfg, data, parent, child, masker, device)
     if ckpt is not None and (ckpt / "child_trainer.pt").exists():
@@ -123,16 +130,19 @@ def run_trial(
         epoch = trainer.epoch
         final = epoch == cfg.child.epochs
         metrics = {**base, **{f"child/train_{k}": v for k, v in logs.items()}}
-        test_masks = masker(data.test_child, stochastic=False)
+        test_masks = masker(data.test_child, stochastic=False, factors=data.test_factors)
         if cfg.parent.mode == "joint":
             _check_joint_coverage(cfg, masker, test_masks, epoch)
-        metrics.update(_child_recon_metrics(cfg, data, test_masks, trainer.model_child, metrics_prefix="child/"))
+        test_cond = pcode(data.test_child)
+        recon, active = _child_recon_metrics(cfg, data, test_masks, test_cond, trainer.model_child)
+        metrics.update(recon)
         if final:
-            metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, full=True))
+            metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, active, full=True))
         else:
             # seeded per epoch, so a resumed trial reports exactly what an uninterrupted one would
             rng_light = np.random.default_rng([cfg.train.seed, 7, epoch])
-            metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, full=False, rng=rng_light))
+            metrics.update(_evaluate_child(cfg, data, masker, trainer.model_child, active, full=False,
+                                           rng=rng_light))
         metrics["epoch"] = float(epoch)
         if ckpt is not None:
             # metrics first: a crash between the two leaves the trainer one epoch behind, so
@@ -204,10 +214,7 @@ def epoch_history(checkpoint_dir: str | Path) -> list[dict[str, float]]:
 def _load_data(cfg: TrialConfig, device: torch.device, prog: Progress, with_child: bool = True) -> TrialData:
     """Training and held-out images; ``with_child=False`` leaves the child's views at the
     parent's resolution (enough to train and evaluate a parent)."""
-    options: dict[str, Any] = {"resolution": cfg.parent.resolution}
-    if cfg.data.path:
-        options["path"] = str(Path(cfg.data.path).expanduser().resolve())
-    parent_data = get_dataset(cfg.data.name, **options)
+    parent_data = get_dataset(cfg.data.name, **dataset_options(cfg, cfg.parent.resolution))
     child_data = parent_data.with_resolution(cfg.child.resolution) if with_child else parent_data
     rng = np.random.default_rng([cfg.train.seed, 0])
     n = cfg.data.num_train
@@ -228,13 +235,15 @@ def _load_data(cfg: TrialConfig, device: torch.device, prog: Progress, with_chil
         test_factors = test_rng.integers(0, len(parent_data), size=(n_test, 1))
     test_parent = torch.from_numpy(parent_data.images(test_factors)).to(device)
     test_child = torch.from_numpy(child_data.images(test_factors)).to(device)
-    sil = None
+    sil = details = None
     if hasattr(child_data, "silhouettes"):
         sil = torch.from_numpy(child_data.silhouettes(test_factors)).to(device)
+    if hasattr(child_data, "detail_regions"):
+        details = torch.from_numpy(child_data.detail_regions(test_factors)).to(device)
     prog.write(f"data   {cfg.data.name}: {n} training images at {parent_data.resolution}/"
                f"{child_data.resolution} px rendered in {time.perf_counter() - t0:.1f}s")
     return TrialData(parent_data, child_data, train_factors, parent_images, child_images,
-                     test_factors, test_parent, test_child, sil)
+                     test_factors, test_parent, test_child, sil, details)
 
 
 def _render_u8(data: GroundTruthData, factors: np.ndarray, device: torch.device,
@@ -352,30 +361,56 @@ def _focus_latent(cfg: TrialConfig, parent: VAE, data: TrialData, ckpt: Path | N
 
 # ---- masks -----------------------------------------------------------------------------------
 class _Masker:
-    """Masks for child-resolution images from the (current) parent, with the trial's settings."""
+    """Masks for child-resolution images from the (current) parent, with the trial's settings;
+    ``mask.source: oracle`` takes the dataset's true silhouettes of the images' ``factors``."""
 
-    def __init__(self, cfg: TrialConfig, parent: VAE, latent: int) -> None:
+    def __init__(self, cfg: TrialConfig, parent: VAE, latent: int, data: TrialData) -> None:
         self.cfg, self.parent, self.latent = cfg, parent, latent
+        self.parent_data = data.parent_data
+        self.oracle = cfg.mask.source == "oracle"
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed + 12345)
 
     def __call__(self, child_images: torch.Tensor, stochastic: bool = True,
-                 return_steps: bool = False) -> Any:
+                 return_steps: bool = False, factors: np.ndarray | None = None) -> Any:
         m = self.cfg.mask
         parent_images = to_parent_resolution(child_images, self.cfg.parent.resolution)
+        if self.oracle:
+            if factors is None:
+                raise ValueError("mask.source: oracle needs the images' factors")
+            silhouettes = torch.from_numpy(self.parent_data.silhouettes(factors)).to(child_images.device)
+            return oracle_masks(silhouettes, parent_images, m.threshold, m.blur_sigma, kind=m.kind,
+                                out_resolution=self.cfg.child.resolution, return_steps=return_steps)
         return make_masks(
             self.parent, parent_images, self.latent, m.delta, m.threshold, m.blur_sigma,
             kind=m.kind, nuisance=m.nuisance, nuisance_draws=m.nuisance_draws,
             delta_std=m.delta_std if stochastic else 0.0, out_resolution=self.cfg.child.resolution,
             generator=self.generator, return_steps=return_steps)
 
-    def batched(self, child_images: torch.Tensor, batch: int, stochastic: bool = True) -> torch.Tensor:
-        return torch.cat([self(child_images[i : i + batch], stochastic)
+    def batched(self, child_images: torch.Tensor, batch: int, stochastic: bool = True,
+                factors: np.ndarray | None = None) -> torch.Tensor:
+        return torch.cat([self(child_images[i : i + batch], stochastic,
+                               factors=None if factors is None else factors[i : i + batch])
                           for i in range(0, len(child_images), batch)])
+
+
+class _ParentCode:
+    """``child.parent_code: decoder``: the frozen parent's posterior means of child images, the
+    condition the child's decoder reads (no gradient reaches the parent)."""
+
+    def __init__(self, cfg: TrialConfig, parent: VAE) -> None:
+        self.parent, self.resolution = parent, cfg.parent.resolution
+        self.enabled = cfg.child.parent_code == "decoder"
+
+    def __call__(self, child_images: torch.Tensor) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
+        x = to_parent_resolution(child_images, self.resolution)
+        return encode_means(self.parent, x, ENCODE_BATCH)[0].to(child_images.device)
 
 
 def _mask_quality(cfg: TrialConfig, data: TrialData, masker: _Masker) -> dict[str, float]:
     """Coverage (and IoU with the true silhouettes, where known) on the held-out images."""
-    masks = masker(data.test_child, stochastic=False)
+    masks = masker(data.test_child, stochastic=False, factors=data.test_factors)
     out = {"mask/test_coverage": float(mask_coverage(masks).mean())}
     if data.test_silhouettes is not None:
         out["mask/iou"] = float(mask_iou(masks, data.test_silhouettes).mean())
@@ -386,7 +421,8 @@ def _mask_quality(cfg: TrialConfig, data: TrialData, masker: _Masker) -> dict[st
 def _build_child(cfg: TrialConfig, image_channels: int, device: torch.device) -> VAE:
     seed_everything(cfg.train.seed + 1)
     ch = child_channels(image_channels, cfg.child.masking_mode)
-    return build_vae(cfg.child, ch, ch).to(device)
+    cond = cfg.parent.latent_dim if cfg.child.parent_code == "decoder" else 0
+    return build_vae(cfg.child, ch, ch, cond_dim=cond).to(device)
 
 
 class _ChildTrainer(Trainer):
@@ -405,9 +441,9 @@ class _ChildTrainer(Trainer):
 def _frozen_masks_u8(cfg: TrialConfig, data: TrialData, masker: _Masker) -> torch.Tensor:
     """uint8 masks of the training set, one delta draw per child.batch_size chunk (as the first
     epoch's), converted chunk by chunk so no float copy of the whole set is held."""
-    b, imgs = cfg.child.batch_size, data.child_images
-    return torch.cat([(masker(imgs[i : i + b].float() / 255.0) * 255.0).round_().to(torch.uint8)
-                      for i in range(0, len(imgs), b)])
+    b, imgs, f = cfg.child.batch_size, data.child_images, data.train_factors
+    return torch.cat([(masker(imgs[i : i + b].float() / 255.0, factors=f[i : i + b]) * 255.0)
+                      .round_().to(torch.uint8) for i in range(0, len(imgs), b)])
 
 
 def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, masker: _Masker,
@@ -417,22 +453,33 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
     mask_metrics: dict[str, float] = {}
     # the masks' draws (delta jitter, randomized nuisance) resume with the child's checkpoint
     mask_rng = {"masks": masker.generator}
+    pcode = _ParentCode(cfg, parent)
+    steps_total = cfg.child.epochs * (n // cfg.child.batch_size)  # Trainer drops partial batches
+
+    def warmup(step: int) -> float:
+        return kl_warmup_weight(step, steps_total, cfg.child.kl_warmup)
 
     if cfg.parent.mode == "frozen":
-        masks = masker.batched(data.child_images.float() / 255.0, cfg.child.batch_size)
+        masks = masker.batched(data.child_images.float() / 255.0, cfg.child.batch_size,
+                               factors=data.train_factors)
         coverage = check_coverage(masks, cfg.mask.min_coverage, masker.latent)
         mask_metrics["mask/coverage"] = float(coverage.mean())
         mask_metrics["mask/empty_fraction"] = empty_fraction(masks, cfg.mask.min_coverage)
         mask_metrics.update(_mask_quality(cfg, data, masker))
         tensors = {"image": data.child_images, "mask": (masks * 255.0).round_().to(torch.uint8)}
         del masks
+        if pcode.enabled:  # the parent is frozen: its codes of the training set, once
+            b = ENCODE_BATCH
+            tensors["parent_code"] = torch.cat([pcode(data.child_images[i : i + b].float() / 255.0)
+                                                for i in range(0, n, b)])
 
         def loss_fn(batch: dict[str, torch.Tensor], step: int):
             x, m = batch["image"], batch["mask"]
             target, weight = child_target_and_weight(x, m, cfg.child)
-            out = child(child_input(x, m, mode))
+            out = child(child_input(x, m, mode), cond=batch.get("parent_code"))
             loss, parts = beta_tcvae_loss(target, out, cfg.child.beta, n, recon=cfg.child.recon,
-                                          estimator=cfg.child.tc_estimator, weight=weight)
+                                          estimator=cfg.child.tc_estimator, weight=weight,
+                                          kl_weight=warmup(step))
             return loss, {k: v for k, v in parts.items() if k != "kl_per_latent"}
 
         trainer = _ChildTrainer(child, loss_fn, tensors, cfg.child.batch_size, cfg.child.lr,
@@ -450,7 +497,7 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
         both = torch.nn.ModuleDict({"parent": parent, "child": child})
         latent = masker.latent
         c = cfg.child
-        total_steps = c.epochs * (n // c.batch_size)  # Trainer.steps_per_epoch: partial batches dropped
+        total_steps = steps_total
 
         def loss_fn(batch: dict[str, torch.Tensor], step: int):
             x, xp = batch["image"], batch["parent_image"]
@@ -466,9 +513,11 @@ def _child_trainer(cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE, m
                                             estimator=cfg.parent.tc_estimator, kl_scale=kl_scale)
             m = masker(x)  # no_grad inside make_masks: the child's mask is a target, not a path
             target, weight = child_target_and_weight(x, m, cfg.child)
-            cout = child(child_input(x, m, mode))
+            pcond = pout.mu.detach() if pcode.enabled else None
+            cout = child(child_input(x, m, mode), cond=pcond)
             closs, cparts = beta_tcvae_loss(target, cout, cfg.child.beta, n, recon=cfg.child.recon,
-                                            estimator=cfg.child.tc_estimator, weight=weight)
+                                            estimator=cfg.child.tc_estimator, weight=weight,
+                                            kl_weight=warmup(step))
             loss = ploss + closs
             logs = {k: v for k, v in cparts.items() if k != "kl_per_latent"}
             logs.update({f"parent_{k}": v for k, v in pparts.items() if k != "kl_per_latent"})
@@ -491,16 +540,18 @@ def _child_codes_fn(cfg: TrialConfig, masker: _Masker, child: VAE, device: torch
     mode = cfg.child.masking_mode
 
     @torch.no_grad()
-    def encode(images: np.ndarray) -> np.ndarray:
+    def encode(images: np.ndarray, factors: np.ndarray | None = None) -> np.ndarray:
         codes = []
         with eval_mode(child):
             for i in range(0, len(images), ENCODE_BATCH):
                 x = torch.from_numpy(np.ascontiguousarray(images[i : i + ENCODE_BATCH])).to(device)
-                m = masker(x, stochastic=False) if mode in MASK_INPUT_MODES else None
+                f = None if factors is None else factors[i : i + ENCODE_BATCH]
+                m = masker(x, stochastic=False, factors=f) if mode in MASK_INPUT_MODES else None
                 mu, _ = child.encode(child_input(x, m, mode))
                 codes.append(mu.float().cpu().numpy())
         return np.concatenate(codes)
 
+    encode.wants_factors = masker.oracle and mode in MASK_INPUT_MODES  # type: ignore[attr-defined]
     return encode
 
 
@@ -515,31 +566,42 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in values.items()}
 
 
+def _active(cfg: TrialConfig, out: VAEOutput) -> np.ndarray:
+    """Latents carrying more than ``eval.active_kl`` nats on the held-out images (the probes' gate)."""
+    kl = per_latent_kl(out.mu.float().cpu().numpy(), out.logvar.float().cpu().numpy())
+    return active_latents(kl, cfg.eval.active_kl)
+
+
 def _evaluate_parent(cfg: TrialConfig, data: TrialData, parent: VAE) -> dict[str, float]:
     rng = np.random.default_rng([cfg.train.seed, 2])
+    with torch.no_grad(), eval_mode(parent):
+        pout = parent(data.test_parent)
+    recon = torch.sigmoid(pout.logits)
     out = _prefixed("parent/", evaluate(data.parent_data, _parent_codes_fn(parent), rng,
                                         metrics=cfg.eval.metrics, num_train=cfg.eval.num_train,
-                                        num_test=cfg.eval.num_test, dci_estimator=cfg.eval.dci_estimator))
-    with torch.no_grad():
-        recon = torch.sigmoid(parent(data.test_parent).logits)
+                                        num_test=cfg.eval.num_test, dci_estimator=cfg.eval.dci_estimator,
+                                        active=_active(cfg, pout)))
     out["parent/recon_error"] = float(pixel_mse(data.test_parent.cpu().numpy(), recon.cpu().numpy()).mean())
     return out
 
 
-def _evaluate_child(cfg: TrialConfig, data: TrialData, masker: _Masker, child: VAE, full: bool,
-                    rng: np.random.Generator | None = None) -> dict[str, float]:
+def _evaluate_child(cfg: TrialConfig, data: TrialData, masker: _Masker, child: VAE, active: np.ndarray,
+                    full: bool, rng: np.random.Generator | None = None) -> dict[str, float]:
+    """The final evaluation (``eval`` sizes and metrics) or the cheap per-epoch one that feeds
+    ASHA (``eval.light_points``, MIG and informativeness only)."""
     device = next(child.parameters()).device
     encode = _child_codes_fn(cfg, masker, child, device)
     if full:
         rng = np.random.default_rng([cfg.train.seed, 3])
         return _prefixed("child/", evaluate(data.child_data, encode, rng, metrics=cfg.eval.metrics,
                                             num_train=cfg.eval.num_train, num_test=cfg.eval.num_test,
-                                            dci_estimator=cfg.eval.dci_estimator))
+                                            dci_estimator=cfg.eval.dci_estimator, active=active))
     assert rng is not None
-    n = min(LIGHT_EVAL_POINTS, cfg.eval.num_train)
-    light = [m for m in cfg.eval.metrics if m in ("mig",)] or ["unsupervised"]
+    n = min(cfg.eval.light_points, cfg.eval.num_train)
+    light = [m for m in cfg.eval.metrics if m in LIGHT_METRICS] or ["unsupervised"]
     return _prefixed("child/", evaluate(data.child_data, encode, rng, metrics=light, num_train=n,
-                                        num_test=min(n, cfg.eval.num_test), dci_estimator="fast"))
+                                        num_test=min(max(n // 2, 10), cfg.eval.num_test),
+                                        dci_estimator="fast", active=active))
 
 
 def _check_joint_coverage(cfg: TrialConfig, masker: _Masker, test_masks: torch.Tensor, epoch: int) -> None:
@@ -552,20 +614,25 @@ def _check_joint_coverage(cfg: TrialConfig, masker: _Masker, test_masks: torch.T
 
 
 @torch.no_grad()
-def _child_recon_metrics(cfg: TrialConfig, data: TrialData, test_masks: torch.Tensor, child: VAE,
-                         metrics_prefix: str) -> dict[str, float]:
+def _child_recon_metrics(cfg: TrialConfig, data: TrialData, test_masks: torch.Tensor,
+                         test_cond: torch.Tensor | None, child: VAE) -> tuple[dict[str, float], np.ndarray]:
     """Child reconstruction error on held-out images (``test_masks``: their deterministic
-    masks): overall, inside and outside the mask."""
+    masks): overall, inside and outside the mask and inside the true fine-detail region; and
+    which latents are active there."""
     x = data.test_child
     m = test_masks
     with eval_mode(child):
-        out = child(child_input(x, m, cfg.child.masking_mode))
+        out = child(child_input(x, m, cfg.child.masking_mode), cond=test_cond)
     recon = torch.sigmoid(image_channels_of(out.logits, x.shape[1]))
     x_np, recon_np, m_np = x.cpu().numpy(), recon.cpu().numpy(), m.cpu().numpy()
     split = masked_recon_error(x_np, recon_np, m_np)
-    return {f"{metrics_prefix}recon_error": float(pixel_mse(x_np, recon_np).mean()),
-            f"{metrics_prefix}masked_recon_error": split["inside"],
-            f"{metrics_prefix}outside_recon_error": split["outside"]}
+    metrics = {"child/recon_error": float(pixel_mse(x_np, recon_np).mean()),
+               "child/masked_recon_error": split["inside"],
+               "child/outside_recon_error": split["outside"]}
+    if data.test_details is not None:
+        metrics["child/detail_recon_error"] = masked_recon_error(
+            x_np, recon_np, data.test_details.cpu().numpy())["inside"]
+    return metrics, _active(cfg, out)
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -598,21 +665,37 @@ def write_figures(fig_dir: Path, cfg: TrialConfig, data: TrialData, parent: VAE,
     fig_dir.mkdir(parents=True, exist_ok=True)
     n = min(cfg.eval.num_figure_images, len(data.test_child))
     x_child = data.test_child[:n]
-    steps = masker(x_child, stochastic=False, return_steps=True)
+    steps = masker(x_child, stochastic=False, return_steps=True, factors=data.test_factors[:n])
     paths = [figures.mask_pipeline_figure(steps, to_parent_resolution(x_child, cfg.parent.resolution),
                                           fig_dir / "mask_pipeline.png", n=n, overlay_images=x_child)]
     paths.append(figures.traversal_figure(parent, data.test_parent[:1], fig_dir / "parent_traversal.png"))
     child.eval()
     m = steps.mask
     x_in = child_input(x_child, m, cfg.child.masking_mode)
-    paths.append(figures.traversal_figure(child, x_in[:1], fig_dir / "child_traversal.png"))
-    recon = torch.sigmoid(child(x_in).logits)
+    cond = _ParentCode(cfg, parent)(x_child)
+    shown = child if cond is None else _Conditioned(child, cond[:1])
+    paths.append(figures.traversal_figure(shown, x_in[:1], fig_dir / "child_traversal.png"))
+    recon = torch.sigmoid(child(x_in, cond=cond).logits)
     paths.append(figures.reconstruction_figure(
         x_child, image_channels_of(recon, x_child.shape[1]), fig_dir / "child_reconstructions.png", masks=m, n=n))
     precon = torch.sigmoid(parent(data.test_parent[:n]).logits)
     paths.append(figures.reconstruction_figure(data.test_parent[:n], precon,
                                                fig_dir / "parent_reconstructions.png", n=n))
     return [Path(p) for p in paths]
+
+
+class _Conditioned(torch.nn.Module):
+    """A parent-code child with its decoder's condition fixed to one image's, for traversals."""
+
+    def __init__(self, child: VAE, cond: torch.Tensor) -> None:
+        super().__init__()
+        self.child, self.cond = child, cond
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.child.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.child.decode(z, self.cond.expand(z.shape[0], -1))
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,7 +10,7 @@ from compvae.errors import ConfigError
 
 
 def get_dataset(name: str, **options: Any) -> GroundTruthData:
-    """Build a dataset by name: ``shapes`` (procedural, default), ``dsprites``, ``shapes3d``, ``images``.
+    """Build a dataset by name: ``scenes`` (procedural, default), ``shapes`` (procedural), ``dsprites``, ``shapes3d``, ``images``.
 
     File-backed datasets take ``path``; every dataset takes ``resolution``.
     """
@@ -18,6 +18,10 @@ def get_dataset(name: str, **options: Any) -> GroundTruthData:
         from compvae.data.shapes import Shapes
 
         return Shapes(**options)
+    if name == "scenes":
+        from compvae.data.scenes import Scenes
+
+        return Scenes(**options)
     if name == "dsprites":
         from compvae.data.dsprites import DSprites
 
@@ -30,7 +34,17 @@ def get_dataset(name: str, **options: Any) -> GroundTruthData:
         from compvae.data.images import ImageFiles
 
         return ImageFiles(**options)
-    raise ConfigError(f"data.name: unknown dataset '{name}'; choose shapes, dsprites, shapes3d or images")
+    raise ConfigError(f"data.name: unknown dataset '{name}'; choose scenes, shapes, dsprites, shapes3d or images")
+
+
+def dataset_options(cfg: Any, resolution: int) -> dict[str, Any]:
+    """Constructor options for ``cfg.data`` (a DataConfig's owner) at ``resolution``."""
+    options: dict[str, Any] = {"resolution": resolution}
+    if cfg.data.path:
+        options["path"] = str(Path(cfg.data.path).expanduser().resolve())
+    if cfg.data.name == "scenes":
+        options["detail_resolution"] = cfg.data.detail_resolution
+    return options
 
 
 def check_data(name: str, path: str | None, resolution: int) -> None:
@@ -43,4 +57,4 @@ def check_data(name: str, path: str | None, resolution: int) -> None:
     get_dataset(name, **options)
 
 
-__all__ = ["GroundTruthData", "check_data", "get_dataset"]
+__all__ = ["GroundTruthData", "check_data", "dataset_options", "get_dataset"]

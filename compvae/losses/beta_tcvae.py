@@ -63,7 +63,7 @@ def reconstruction_loss(target: torch.Tensor, logits: torch.Tensor, recon: Recon
 def beta_tcvae_loss(target: torch.Tensor, out: PosteriorOutput, beta: float, dataset_size: int,
                     recon: Recon = "bernoulli", estimator: Estimator = "mss",
                     weight: torch.Tensor | None = None, kl_scale: torch.Tensor | None = None,
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Beta-TCVAE loss and its breakdown for logging.
 
     Args:
@@ -76,6 +76,7 @@ def beta_tcvae_loss(target: torch.Tensor, out: PosteriorOutput, beta: float, dat
         weight: per-pixel reconstruction weight broadcastable to ``target`` (e.g. a mask).
         kl_scale: (D,) factors on the per-latent analytic KL (conditioning scales latent k by
             1 - gamma_t).
+        kl_weight: factor on the whole KL + TC part (a warm-up ramps it from 0 to 1).
 
     Returns:
         ``(loss, breakdown)``: ``loss`` is a differentiable 0-d tensor; ``breakdown`` holds
@@ -97,7 +98,7 @@ def beta_tcvae_loss(target: torch.Tensor, out: PosteriorOutput, beta: float, dat
                 f"kl_scale must have shape {tuple(kl_per_latent.shape)}, got {tuple(kl_scale.shape)}")
         kl = (kl_scale.to(kl_per_latent) * kl_per_latent).sum()
     parts = kl_decomposition(z, mu, logvar, dataset_size, estimator)
-    loss = rec + kl + (beta - 1.0) * parts.tc
+    loss = rec + kl_weight * (kl + (beta - 1.0) * parts.tc)
     breakdown = {
         "loss": loss.detach(),
         "recon": rec.detach(),

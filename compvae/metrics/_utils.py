@@ -149,14 +149,16 @@ def encode_factors(data: GroundTruthData, encode_fn: EncodeFn, factors: np.ndarr
                    batch_size: int) -> np.ndarray:
     """Render ``factors`` through the dataset and encode them in chunks (bounded memory).
 
-    Returns float64 codes (n, d); checks that the encoder returns one row per image.
+    An ``encode_fn`` with ``wants_factors = True`` is called as ``encode_fn(images, factors)``
+    (an oracle-masked child needs the true silhouettes). Returns float64 codes (n, d).
     """
+    wants_factors = bool(getattr(encode_fn, "wants_factors", False))
     n = factors.shape[0]
     chunks: list[np.ndarray] = []
     for start in range(0, n, batch_size):
         f = factors[start:start + batch_size]
         images = np.asarray(data.images(f), dtype=np.float32)
-        codes = np.asarray(encode_fn(images))
+        codes = np.asarray(encode_fn(images, f) if wants_factors else encode_fn(images))
         if codes.ndim != 2 or codes.shape[0] != f.shape[0]:
             raise ValueError(
                 f"encode_fn must return codes of shape ({f.shape[0]}, d) for {f.shape[0]} images, "

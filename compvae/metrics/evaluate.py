@@ -35,6 +35,7 @@ from compvae.metrics._utils import (
 from compvae.metrics.betavae import betavae_score
 from compvae.metrics.dci import ESTIMATORS, Estimator, dci, dci_from_importance
 from compvae.metrics.factorvae import factorvae_score, vote_accuracy
+from compvae.metrics.informativeness import informativeness_per_factor
 from compvae.metrics.mig import mig_per_factor
 from compvae.metrics.modularity import modularity_explicitness, modularity_from_mi
 from compvae.metrics.sap import sap_per_factor
@@ -46,10 +47,11 @@ from compvae.metrics.unsupervised import (
 )
 
 #: Metric names accepted by ``evaluate`` (the same literals as ``EvalConfig.metrics``).
-METRICS: tuple[str, ...] = ("mig", "dci", "sap", "modularity", "factorvae", "betavae", "unsupervised")
-DEFAULT_METRICS: tuple[str, ...] = ("mig", "dci", "sap", "unsupervised")
-_NEEDS_TEST = ("dci", "sap", "modularity")
-_NEEDS_TRAIN = ("mig", "dci", "sap", "modularity", "unsupervised")
+METRICS: tuple[str, ...] = ("mig", "dci", "sap", "modularity", "factorvae", "betavae", "informativeness",
+                            "unsupervised")
+DEFAULT_METRICS: tuple[str, ...] = ("mig", "dci", "sap", "informativeness", "unsupervised")
+_NEEDS_TEST = ("dci", "sap", "modularity", "informativeness")
+_NEEDS_TRAIN = ("mig", "dci", "sap", "modularity", "informativeness", "unsupervised")
 
 
 class _Flat(dict[str, float]):
@@ -70,7 +72,7 @@ def _group_columns(data: GroundTruthData) -> dict[str, np.ndarray]:
 def evaluate(data: GroundTruthData, encode_fn: EncodeFn, rng: np.random.Generator,
              metrics: Sequence[str] = DEFAULT_METRICS, num_train: int = 10000,
              num_test: int = 5000, dci_estimator: Estimator = "fast", batch_size: int | None = None,
-             num_bins: int = 20) -> dict[str, float]:
+             num_bins: int = 20, active: np.ndarray | None = None) -> dict[str, float]:
     """Score ``encode_fn`` (float32 images (n, C, R, R) -> codes (n, d), posterior means).
 
     ``metrics``: any of "mig", "dci", "sap", "modularity", "factorvae", "betavae",
@@ -82,6 +84,8 @@ def evaluate(data: GroundTruthData, encode_fn: EncodeFn, rng: np.random.Generato
     ``sap``; ``modularity``, ``explicitness``, ``explicitness_train``; ``factorvae``,
     ``factorvae_train``, ``factorvae_active_dims``; ``betavae``, ``betavae_train``;
     ``gaussian_tc``, ``gaussian_wasserstein_corr``, ``codes_mutual_info``, ``active_units``;
+    ``informativeness``, ``<group>_informativeness`` and ``active_latents`` (probes read only
+    the latents ``active`` marks, e.g. by rate; all latents when it is None);
     ``eval_seconds`` (total) and ``eval_seconds_<part>`` (sampling and each metric).
     Undefined values (e.g. no varying factor in a group) are nan.
     """
@@ -162,6 +166,14 @@ def evaluate(data: GroundTruthData, encode_fn: EncodeFn, rng: np.random.Generato
             for g, idx in groups.items():
                 sel = np.isin(res["eval_labels"], idx)
                 out.put(f"betavae_{g}", float(res["eval_correct"][sel].mean()) if sel.any() else math.nan)
+        elif name == "informativeness":
+            assert train is not None and test is not None
+            per = informativeness_per_factor(train[0], train[1], test[0], test[1], active,
+                                             random_state=int(rng.integers(2**31 - 1)))
+            out.put("informativeness", nanmean(per))
+            out.put("active_latents", float(train[0].shape[1] if active is None else np.sum(active)))
+            for g, idx in groups.items():
+                out.put(f"{g}_informativeness", nanmean(per[idx]))
         elif name == "unsupervised":
             assert train is not None
             codes = train[0]

@@ -65,10 +65,12 @@ class VAE(nn.Module):
         latent_dim: number of latent dimensions D.
         width: channels of the first conv (doubled every two layers, capped).
         hidden: units of the dense layer between the 4x4 features and the latent.
+        cond_dim: size of a code the decoder reads beside z (``child.parent_code: decoder``);
+            the encoder never sees it.
     """
 
     def __init__(self, resolution: int, in_channels: int, out_channels: int, latent_dim: int,
-                 width: int = 32, hidden: int = 256) -> None:
+                 width: int = 32, hidden: int = 256, cond_dim: int = 0) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("latent_dim", latent_dim), ("hidden", hidden)):
@@ -81,6 +83,9 @@ class VAE(nn.Module):
         self.latent_dim = latent_dim
         self.width = width
         self.hidden = hidden
+        if cond_dim < 0:
+            raise ValueError(f"cond_dim must be >= 0, got {cond_dim}")
+        self.cond_dim = cond_dim
         self._bottom_channels = widths[-1]
         flat = widths[-1] * BOTTOM * BOTTOM
 
@@ -94,7 +99,8 @@ class VAE(nn.Module):
             nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * latent_dim))
 
         self.decoder_dense = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, flat), nn.ReLU(inplace=True))
+            nn.Linear(latent_dim + cond_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, flat),
+            nn.ReLU(inplace=True))
         dec: list[nn.Module] = []
         rev = widths[::-1]
         for i, w in enumerate(rev):
@@ -115,8 +121,16 @@ class VAE(nn.Module):
         mu, logvar = stats.chunk(2, dim=1)
         return mu, logvar
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits (B, out_channels, R, R) for latents (B, D); apply a sigmoid to get images."""
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, out_channels, R, R) for latents (B, D) (and the condition (B, cond_dim),
+        required when ``cond_dim`` > 0); apply a sigmoid to get images."""
+        if self.cond_dim:
+            if cond is None or cond.shape != (z.shape[0], self.cond_dim):
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"this decoder reads a condition ({z.shape[0]}, {self.cond_dim}), got {got}")
+            z = torch.cat([z, cond.to(z.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("this decoder takes no condition (cond_dim 0)")
         h = self.decoder_dense(z).view(z.shape[0], self._bottom_channels, BOTTOM, BOTTOM)
         return self.decoder_conv(h)
 
@@ -126,7 +140,8 @@ class VAE(nn.Module):
         Trainer, so resumed training draws the same noise)."""
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
-    def forward(self, x: torch.Tensor, sample: bool | None = None) -> VAEOutput:
+    def forward(self, x: torch.Tensor, sample: bool | None = None,
+                cond: torch.Tensor | None = None) -> VAEOutput:
         """Encode, draw z and decode.
 
         ``sample=None`` samples in training mode and uses the posterior mean in eval mode, so
@@ -136,9 +151,9 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         do_sample = self.training if sample is None else sample
         z = self.reparameterize(mu, logvar) if do_sample else mu
-        return VAEOutput(self.decode(z), mu, logvar, z)
+        return VAEOutput(self.decode(z, cond), mu, logvar, z)
 
 
-def build_vae(cfg: VAEConfig, in_channels: int, out_channels: int) -> VAE:
+def build_vae(cfg: VAEConfig, in_channels: int, out_channels: int, cond_dim: int = 0) -> VAE:
     """The VAE a parent/child config describes (resolution, latent size, width)."""
-    return VAE(cfg.resolution, in_channels, out_channels, cfg.latent_dim, width=cfg.width)
+    return VAE(cfg.resolution, in_channels, out_channels, cfg.latent_dim, width=cfg.width, cond_dim=cond_dim)
