@@ -352,7 +352,13 @@ def _focus_latent(cfg: TrialConfig, parent: VAE, data: TrialData, ckpt: Path | N
         return int(json.loads((ckpt / "latent.json").read_text())["latent"])
     n = min(2048, len(data.train_factors))
     images = data.parent_images[:n].float() / 255.0
-    factors = data.train_factors[:n] if data.parent_data.has_factors else None
+    factors = None
+    if data.parent_data.has_factors:
+        # the latent of focus should control the target: where a dataset names the target's
+        # factors (its "coarse" group), rank latents by those, not by background or distractor
+        cols = (data.parent_data.group_indices("coarse") if "coarse" in data.parent_data.factor_groups
+                else list(range(data.parent_data.num_factors)))
+        factors = data.train_factors[:n][:, cols]
     latent = int(choose_latent(parent, images, factors=factors, by=cfg.mask.auto_by))
     if ckpt is not None:
         _atomic_write(ckpt / "latent.json", json.dumps({"latent": latent}))

@@ -105,7 +105,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(format_table(trials_frame(TrialSummary.load_all(layout), space)))
     for f in files:
         print(f"wrote {f}")
-    if args.group_by:
+    if args.paired_by:
+        from search.paired import paired_report
+
+        knobs = [k.strip() for k in (args.group_by or "child.masking_mode").split(",") if k.strip()]
+        paired = paired_report(TrialSummary.load_all(layout), knobs, args.paired_by, layout.report_dir,
+                               baseline=args.baseline, space=space, tracker=tracker,
+                               parent_run_id=state.mlflow_parent_run_id)
+        print(f"\n{layout.name}: arms ({', '.join(knobs)}) paired by {args.paired_by}")
+        print(paired.text)
+        for f in paired.files:
+            print(f"wrote {f}")
+    elif args.group_by:
         from search.groups import group_report
 
         grouped = group_report(TrialSummary.load_all(layout), args.group_by, layout.report_dir, space,
@@ -171,7 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="folder holding searches (default: ./searches)")
     p.add_argument("--group-by", metavar="KNOB",
                    help="also compare groups of complete trials by a dotted config field, e.g. "
-                        "child.masking_mode: mean and 95%% CI per group, table + strip plot")
+                        "child.masking_mode: mean and 95%% CI per group, table + strip plot; with "
+                        "--paired-by, one or more comma-separated knobs that define the arms")
+    p.add_argument("--paired-by", metavar="KNOB",
+                   help="compare every arm with a baseline, pairing trials by this knob (e.g. "
+                        "train.seed): mean difference, 95%% CI, paired t and Wilcoxon tests, Holm-corrected")
+    p.add_argument("--baseline", metavar="ARM",
+                   help="the arm the others are compared with (default: the first, in the space's order)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the search's store")

@@ -106,14 +106,52 @@ def importances(space: SearchSpace, done: list[TrialSummary]) -> dict[str, float
     return optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
 
 
-def importance_figure(values: dict[str, float], metric: str, path: Path) -> Path:
+#: Fewer complete trials than this and fANOVA importances are noise: they are not drawn.
+MIN_IMPORTANCE_TRIALS = 10
+
+
+def importance_figure(values: dict[str, float], metric: str, path: Path, num_trials: int = 0) -> Path:
     names = list(values)[::-1]
     fig, ax = plt.subplots(figsize=(5, 0.4 * len(names) + 1.2))
     ax.barh(names, [values[n] for n in names])
     ax.set_xlabel(f"importance for {metric} (fANOVA)")
+    if num_trials:
+        ax.set_title(f"from {num_trials} complete trials", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def objective_vs_params_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
+    """One panel per searched param: each complete trial's objective against its value."""
+    from matplotlib.figure import Figure
+
+    params, metric = list(space.params), space.metrics[0]
+    ncol = min(3, len(params))
+    nrow = math.ceil(len(params) / ncol)
+    fig = Figure(figsize=(4 * ncol, 3 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    ys = [float(s.metrics[metric]) for s in done]
+    for ax, p in zip(axes.flat, params, strict=False):
+        spec = space.params[p]
+        if spec.kind == "choice":
+            values = [str(v) for v in spec.values()]
+            xs = [values.index(str(s.params[p])) if str(s.params[p]) in values else math.nan for s in done]
+            ax.set_xticks(range(len(values)), values, fontsize=8)
+        else:
+            xs = [float(s.params[p]) for s in done]
+            if spec.kind == "loguniform":
+                ax.set_xscale("log")
+        ax.scatter(xs, ys, s=18, alpha=0.8)
+        ax.set_xlabel(p, fontsize=9)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{metric} against each searched knob ({len(done)} complete trials)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     return path
 
 
@@ -171,11 +209,21 @@ def build_report(layout: SearchLayout, space: SearchSpace, state: SearchState | 
         else:
             files.append(objective_history(space, done, out / "objective_history.png"))
         files.append(parallel_figure(space, done, out / "parallel_coordinates.png"))
-        try:
-            values = importances(space, done)
-            files.append(importance_figure(values, space.metrics[0], out / "param_importances.png"))
-        except (RuntimeError, ValueError) as exc:
-            notes.append(f"param importances skipped: {exc}")
+        files.append(objective_vs_params_figure(space, done, out / "objective_vs_params.png"))
+        if len(done) < MIN_IMPORTANCE_TRIALS:
+            notes.append(f"param importances skipped: {len(done)} complete trials, fewer than the "
+                         f"{MIN_IMPORTANCE_TRIALS} they need to mean anything")
+        else:
+            try:
+                values = importances(space, done)
+                files.append(importance_figure(values, space.metrics[0], out / "param_importances.png",
+                                               num_trials=len(done)))
+                table = out / "param_importances.csv"
+                table.write_text("param,importance,complete_trials\n" + "".join(
+                    f"{k},{v:.6g},{len(done)}\n" for k, v in values.items()))
+                files.append(table)
+            except (RuntimeError, ValueError) as exc:
+                notes.append(f"param importances skipped: {exc}")
     notes_file = out / "notes.txt"
     if notes:
         notes_file.write_text("\n".join(notes) + "\n")

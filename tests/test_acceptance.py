@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory):
 
 def test_parent_reconstructs_with_several_active_latents(quick_run):
     cfg, metrics, out = quick_run
-    data = get_dataset("shapes", resolution=32)
+    data = get_dataset(cfg.data.name, resolution=32)
     images = data.sample(512, np.random.default_rng(5))[1]
     # predicting the mean image is the trivial baseline a collapsed parent would reach
     baseline = float(((images - images.mean(axis=0)) ** 2).mean())
@@ -43,7 +43,7 @@ def test_position_latent_mask_covers_the_object(quick_run):
     parent = build_vae(cfg.parent, 1, 1)
     parent.load_state_dict(torch.load(out / "parent.pt"))
     parent.eval()
-    data = get_dataset("shapes", resolution=32)
+    data = get_dataset(cfg.data.name, resolution=32)
     factors, images = data.sample(1000, np.random.default_rng(6))
     with torch.no_grad():
         mu = parent.encode(torch.from_numpy(images))[0].numpy()

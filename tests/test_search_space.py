@@ -205,7 +205,7 @@ def test_shipped_spaces_are_valid(name):
         assert space.num_trials >= 100
     else:
         assert space.search.resources.gpus == 0
-        assert space.base_config().data.name == "shapes"
+        assert space.base_config().data.name == "scenes"
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -82,12 +82,17 @@ def test_shipped_study_spaces_are_the_promised_grids() -> None:
     cpu = load_space(STUDY)
     assert cpu.search.sampler == "grid" and cpu.search.scheduler is None
     grid = cpu.grid_values()
-    assert grid[KNOB] == ["none", "input", "loss", "both"] and len(grid["train.seed"]) >= 5
-    assert cpu.num_trials == 4 * len(grid["train.seed"])
+    assert grid[KNOB] == ["none", "input", "loss", "both"] and len(grid["train.seed"]) >= 6
+    assert grid["mask.source"] == ["parent", "oracle"] and grid["child.parent_code"] == ["none", "decoder"]
+    assert cpu.num_trials == 16 * len(grid["train.seed"])
+    assert cpu.metrics == ["child/fine_informativeness"] and cpu.base_config().data.name == "scenes"
     gpu = load_space(REPO / "spaces" / "study-masking-gpu.yaml")
     assert gpu.search.sampler == "grid" and gpu.search.scheduler is None
     assert gpu.grid_values()[KNOB] == ["none", "input", "loss", "both"]
     assert gpu.search.repeats > cpu.search.repeats and 0 < gpu.search.resources.gpus < 1
+    settings = load_space(REPO / "spaces" / "study-mask-settings.yaml")
+    assert settings.search.sampler == "tpe" and settings.num_trials >= 30 and settings.search.scheduler is None
+    assert {"mask.threshold", "mask.blur_sigma", "mask.delta", "mask.delta_std", "mask.nuisance"} <= set(settings.params)
 
 
 # ---- the miniature study on real Ray + MLflow -----------------------------------------------
@@ -142,6 +147,17 @@ def test_mini_study_end_to_end(ray_local: str, tmp_path: Path, capsys: pytest.Ca
         assert row["ci_half"] == pytest.approx(_t_half(values), nan_ok=True)
         if row["metric"] == "child/mig_fine":
             assert row["mean"] == pytest.approx(table.loc[table[KNOB] == row["group"], "child/mig_fine"].mean())
+
+    # the paired analysis of the same trials: every arm against the first, pairs by seed
+    assert main(["report", str(layout.root), "--paired-by", "train.seed", "--group-by", KNOB]) == 0
+    out = capsys.readouterr().out
+    assert "paired by train.seed" in out and "| loss | 2 |" in out
+    paired = pd.read_csv(layout.report_dir / "paired_child_mig_fine.csv")
+    by = {(s.params[KNOB], s.params["train.seed"]): s.metrics["child/mig_fine"] for s in summaries}
+    diffs = [by[("loss", k)] - by[("none", k)] for k in (0, 1)]
+    assert paired["arm"].tolist() == ["loss"] and paired["pairs"].tolist() == [2]
+    assert paired["mean_diff"][0] == pytest.approx(np.mean(diffs))
+    assert (layout.report_dir / "paired.png").stat().st_size > 10_000
 
     png = layout.report_dir / "by_child_masking_mode.png"
     assert png.is_file() and png.stat().st_size > 10_000

@@ -97,7 +97,7 @@ def texture(f: np.ndarray, res: int, detail_resolution: int) -> np.ndarray:
     cols = (cell[None, None, :] % 2).astype(np.int64)
     kind = f[:, _COL["texture"], None, None]
     parity = np.where(kind == 0, rows, np.where(kind == 1, cols, (rows + cols) % 2))
-    parity = parity ^ f[:, _COL["texture_phase"], None, None]
+    parity = parity ^ TEXTURE_PHASES[f[:, _COL["texture_phase"]]][:, None, None]
     contrast = TEXTURE_CONTRASTS[f[:, _COL["texture_contrast"]]].astype(np.float32)[:, None, None]
     return (TEXTURE_MEAN + contrast * (2.0 * parity - 1.0)).astype(np.float32)
 
