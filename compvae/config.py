@@ -223,8 +223,13 @@ def load_yaml(path: str | Path) -> Any:
 
 def format_validation_error(exc: ValidationError) -> str:
     """First pydantic error as 'field.path: message (got value)'."""
-    err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+    errors = exc.errors()
+    # a NaN in a union field (a choice value) fails every member: its NaN error says what is wrong
+    err = next((e for e in errors if e["type"] == "finite_number"), errors[0])
+    parts = [str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x)]
+    if err["type"] == "finite_number" and len(errors) > 1 and parts and parts[-1] == "float":
+        parts = parts[:-1]  # the union member's tag
+    loc = ".".join(parts)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown field; remove it or check its spelling"

@@ -154,7 +154,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if state.mlflow_uri.startswith(("http://", "https://")):
         print(f"search {layout.name} logs to {state.mlflow_uri}: open it in a browser")
         return 0
-    _check_port_free(args.port)
+    _check_port_free(args.port)  # after _open: a missing search is the first thing to fix
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI for {layout.name} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
