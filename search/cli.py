@@ -17,8 +17,6 @@ server) is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -212,29 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated:
-    """SIGTERM handled as Ctrl-C: the handler sends this process SIGINT, so Tune stops the run
-    the way it does for Ctrl-C (runs closed, state saved), and ``main`` exits 143 instead of 130."""
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.received = True
-        os.kill(os.getpid(), signal.SIGINT)
-
-    def install(self) -> None:
-        try:
-            signal.signal(signal.SIGTERM, self)
-        except ValueError:  # not the main thread (main() called from a worker thread)
-            pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    terminated = _Terminated()
-    if args.command in ("launch", "resume"):
-        terminated.install()
+    from search.driver import SIGTERM  # installed once Ray is up (Ray's own handler comes first)
+
+    terminated = SIGTERM
+    terminated.received = False
     try:
         rc = int(args.func(args))
     except UserError as exc:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -201,12 +202,35 @@ def _check_reachable(address: str, source: str = "--address", timeout: float = 5
                         f"{_drop(source)} for a local Ray") from None
 
 
+class _SigtermAsInterrupt:
+    """SIGTERM handled as Ctrl-C: the handler sends this process SIGINT, so Tune stops the run
+    as it does for Ctrl-C (runs closed, state saved, resume hint) and the CLI exits 143. It is
+    installed after ``ray.init``, which sets a handler of its own that dumps a stack and aborts."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def install(self) -> None:
+        try:
+            signal.signal(signal.SIGTERM, self)
+        except ValueError:  # not the main thread (a library caller's worker thread)
+            pass
+
+
+SIGTERM = _SigtermAsInterrupt()
+
+
 @contextmanager
 def ray_session(address: str | None, space: SearchSpace, source: str = "--address") -> Iterator[None]:
     """Ray up and able to place one trial, for the duration of the block; shut down after
     only if this block started it. Runs before the search folder exists, so a wrong address or
     an impossible resource request leaves nothing behind."""
     owned = connect_ray(address, source)
+    SIGTERM.install()
     try:
         check_cluster(space)
         yield
