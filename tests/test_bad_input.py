@@ -504,3 +504,41 @@ def test_ui_refuses_a_port_in_use(write_space, tmp_path, capsys):
         rc = search_main(["ui", str(root), "--port", str(port)])
     line = _one_line(capsys.readouterr().err)
     assert rc == 2 and f"--port {port}: cannot listen on 127.0.0.1:{port}" in line, line
+
+
+def _with_trials(root: Path, *statuses: str) -> None:
+    from search.layout import SearchLayout
+    from search.results import TrialSummary
+    from search.space import load_space
+
+    layout = SearchLayout(root)
+    space = load_space(layout.space_file)
+    for i, status in enumerate(statuses, start=1):
+        sample = {"child.beta": 2.0, "child.masking_mode": "loss"}
+        TrialSummary(trial_id=f"t{i}", name=f"trial_{i:05d}", status=status, epoch=2 if status == "COMPLETED" else 1,
+                     final_epoch=2, params=sample, config=space.trial_config(sample).to_dict(),
+                     metrics={"child/mig": 0.1 * i}).save(layout)
+
+
+def test_export_leaves_only_the_new_export(write_space, tmp_path, capsys):
+    root = _fake_search(tmp_path, write_space)
+    _with_trials(root, "COMPLETED", "COMPLETED")
+    out = tmp_path / "exp"
+    assert search_main(["export", str(root), "--out", str(out), "--top", "2"]) == 0
+    assert search_main(["export", str(root), "--out", str(out), "--top", "1"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["best.yaml", "index.csv", "rank01_trial_00002.metrics.json", "rank01_trial_00002.yaml"], names
+    (out / "notes.txt").write_text("mine")  # not an export's file: refused, nothing removed
+    capsys.readouterr()
+    assert search_main(["export", str(root), "--out", str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "holds files that are not an export (notes.txt)" in line and (out / "best.yaml").is_file()
+
+
+def test_export_of_a_stopped_search_does_not_call_its_trials_running(write_space, tmp_path, capsys):
+    root = _fake_search(tmp_path, write_space)
+    _with_trials(root, "RUNNING", "RUNNING")
+    rc = search_main(["export", str(root), "--out", str(tmp_path / "exp")])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and "2 unfinished (search stopped; resume it)" in line and "running" not in line, line
+    assert not (tmp_path / "exp").exists()
