@@ -214,11 +214,12 @@ class _SigtermAsInterrupt:
         self.received = True
         os.kill(os.getpid(), signal.SIGINT)
 
-    def install(self) -> None:
+    def install(self) -> Any:
+        """Returns the handler it replaced (None off the main thread, where none can be set)."""
         try:
-            signal.signal(signal.SIGTERM, self)
+            return signal.signal(signal.SIGTERM, self)
         except ValueError:  # not the main thread (a library caller's worker thread)
-            pass
+            return None
 
 
 SIGTERM = _SigtermAsInterrupt()
@@ -230,11 +231,13 @@ def ray_session(address: str | None, space: SearchSpace, source: str = "--addres
     only if this block started it. Runs before the search folder exists, so a wrong address or
     an impossible resource request leaves nothing behind."""
     owned = connect_ray(address, source)
-    SIGTERM.install()
+    previous = SIGTERM.install()
     try:
         check_cluster(space)
         yield
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if owned:
             import ray
 

@@ -83,3 +83,30 @@ def test_a_search_whose_start_up_failed_can_be_resumed(tmp_path):
     assert SearchState.load(layout).status == "finished"
     assert [s.status for s in TrialSummary.load_all(layout)] == [COMPLETED]
     assert Path(store).is_file()  # the store it was launched with
+
+
+_CREATE_STORE = """
+import sys, time
+from search.tracking import MlflowTracker, store_lock
+uri, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # both processes reach the new store together
+with store_lock(uri):
+    MlflowTracker(uri).ensure_experiment(sys.argv[3], None)
+"""
+
+
+def test_two_processes_creating_one_new_sqlite_store(tmp_path):
+    """The schema-migration race of two launches on one new store (``duplicate column name``):
+    creation is serialised by the lock next to the database, so both succeed."""
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    start = str(time.time() + 8)
+    env = {**_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE_STORE, uri, start, f"exp{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (tmp_path / "shared" / "mlflow.db.lock").is_file()
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert {"exp0", "exp1"} <= names
