@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from compvae.config import TrialConfig, preset
-from compvae.data import check_data
-from compvae.errors import TrainingDiverged, UserError
+from compvae.config import TrialConfig, parse_yaml, preset
+from compvae.data import check_trial_data
+from compvae.errors import ArgumentParser, TrainingDiverged, TrialFailed, UserError
+from compvae.paths import check_folder
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -30,7 +29,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set mask.threshold=0.01")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, f"--set {item}")
     return out
 
 
@@ -43,8 +42,6 @@ def load_config(config: str | None, preset_name: str | None, overrides: list[str
 
 def _prepare_out(out: Path, cfg: TrialConfig) -> Path:
     """Validate ``--out`` before any work, and return the checkpoint directory inside it."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory; choose another path")
     if (out / "metrics.json").exists():
         raise UserError(f"--out {out}: already holds a finished run; choose a new --out or remove it")
     ckpt = out / "checkpoint"
@@ -58,19 +55,30 @@ def _prepare_out(out: Path, cfg: TrialConfig) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from compvae.training import resolve_device
     from compvae.trial import run_trial  # heavy imports only once the input is valid
 
     cfg = load_config(args.config, args.preset, args.set)
-    # A bad dataset file must not leave an --out folder behind: check it before creating one.
-    check_data(cfg.data.name, cfg.data.path, cfg.parent.resolution)
-    out = Path(args.out).expanduser().resolve()
+    # Everything knowable before training is checked before an --out folder exists: the paths,
+    # the device, and the dataset (missing, corrupt, or too small for a batch).
+    out = check_folder("--out", args.out)
+    parent_store = check_folder("--parent-store", args.parent_store) if args.parent_store else None
+    resolve_device(cfg.train.device)
+    check_trial_data(cfg)
+    created = out if not out.exists() else out / "checkpoint" if not (out / "checkpoint").exists() else None
     ckpt = _prepare_out(out, cfg)
     try:
-        metrics = run_trial(cfg, checkpoint_dir=ckpt, out_dir=out, parent_store=args.parent_store,
+        metrics = run_trial(cfg, checkpoint_dir=ckpt, out_dir=out, parent_store=parent_store,
                             progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"interrupted: state kept in {ckpt}; run the same command again to resume", file=sys.stderr)
         return 130
+    except (UserError, TrialFailed):
+        # Bad input found late (an unreadable image) or a failure of the knobs: a rerun fails
+        # the same way, so what this run created is removed; a crash keeps its state to resume.
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     shutil.rmtree(ckpt, ignore_errors=True)
     keys = ["parent/recon_error", "parent/mig", "mask/latent", "mask/coverage", "mask/iou",
             "child/recon_error", "child/masked_recon_error", "child/mig", "child/mig_fine",
@@ -82,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compvae", description=__doc__,
+    parser = ArgumentParser(prog="compvae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one parent -> mask -> child trial")
@@ -106,15 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except TrainingDiverged as exc:
-        print(f"error: training diverged: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        from compvae.masks import EmptyMaskError
-
-        if not isinstance(exc, EmptyMaskError):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+    except TrialFailed as exc:
+        what = "training diverged: " if isinstance(exc, TrainingDiverged) else ""
+        print(f"error: {what}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

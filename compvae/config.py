@@ -22,7 +22,9 @@ PROCEDURAL = ("scenes", "shapes")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN passes no bound check, so it would otherwise be reported as
+    # exceeding one (or not at all); it is refused as NaN instead.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -141,6 +143,11 @@ class TrialConfig(_Section):
                 raise ValueError("mask.source: oracle needs parent.mode: frozen (an oracle mask follows no parent)")
         if self.child.conditioning and self.parent.mode != "joint":
             raise ValueError("child.conditioning needs parent.mode: joint (a frozen parent cannot be pulled)")
+        for section in ("parent", "child"):  # the trainer needs one full batch per epoch
+            size = getattr(self, section).batch_size
+            if size > self.data.num_train:
+                raise ValueError(f"{section}.batch_size ({size}) must be <= data.num_train "
+                                 f"({self.data.num_train}); lower the batch size or raise data.num_train")
         return self
 
     # ---- (de)serialisation ------------------------------------------------------------------
@@ -179,27 +186,75 @@ class TrialConfig(_Section):
 
 
 # ---- helpers shared by the trial CLI and the search spaces ----------------------------------
-def load_yaml(path: str | Path) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: file not found; give the path of an existing YAML file")
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys: with the stock one a second ``params:``
+    block silently replaces the first. Every YAML the project reads goes through it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may override; only keys written twice are refused
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the stock loader reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data with :class:`StrictLoader`; a problem is one ConfigError naming ``source``."""
     try:
-        return yaml.safe_load(p.read_text())
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ConfigError(f"{p}: broken YAML{where}: {problem}; fix the syntax") from None
+        fix = "keep one of them" if problem.startswith("duplicate key") else "fix the syntax"
+        raise ConfigError(f"{source}: broken YAML{where}: {problem}; {fix}") from None
+
+
+def read_text_file(path: str | Path, what: str = "YAML") -> str:
+    """A user's text file as str: missing, unreadable or non-UTF-8 files are one ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found; give the path of an existing {what} file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          f"save it as UTF-8 {what}") from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    return parse_yaml(read_text_file(path), str(path))
 
 
 def format_validation_error(exc: ValidationError) -> str:
     """First pydantic error as 'field.path: message (got value)'."""
-    err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x))
+    errors = exc.errors()
+    # a NaN in a union field (a choice value) fails every member: its NaN error says what is wrong
+    err = next((e for e in errors if e["type"] == "finite_number"), errors[0])
+    parts = [str(x) for x in err["loc"] if not (isinstance(x, str) and "[" in x)]
+    if err["type"] == "finite_number" and len(errors) > 1 and parts and parts[-1] == "float":
+        parts = parts[:-1]  # the union member's tag
+    loc = ".".join(parts)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown field; remove it or check its spelling"
     got = err.get("input")
+    if err["type"] == "finite_number":
+        what = "NaN" if str(got).strip().lower().lstrip("+-.") == "nan" else "infinite"
+        return f"{loc}: is {what} (got {got!r}); give a finite number"
     got_s = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
     return f"{loc}: {msg}{got_s}" if loc else f"{msg}{got_s}"
 

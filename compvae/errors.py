@@ -7,6 +7,10 @@ traceback; library callers still get a normal exception they can catch.
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import NoReturn
+
 
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none), for
@@ -32,6 +36,28 @@ class ConfigError(UserError):
     """A config or search-space field is invalid."""
 
 
-class TrainingDiverged(RuntimeError):
+class SearchFailed(UserError):
+    """A search ran but cannot give a result (no trial completed): one line like a UserError,
+    but exit code 1, since the input was valid and retrying it gives the same end."""
+
+    exit_code = 1
+
+
+class TrialFailed(RuntimeError):
+    """A failure caused by a trial's own knobs (empty mask, divergence, an impossible combination).
+    Deterministic, so a search records it as FAILED without retrying it; crashes are retried."""
+
+
+class TrainingDiverged(TrialFailed):
     """A loss term became NaN or inf. Not a UserError: it is a property of the trial's knobs,
     so a search records the trial as FAILED with this message and carries on."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``error: ...; see PROG --help``) and exit code 2,
+    like every other error of the CLIs, instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.replace("argument command: ", "command: ")
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)

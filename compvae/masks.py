@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compvae.errors import TrialFailed
+
 __all__ = [
     "EmptyMaskError",
     "MaskSteps",
@@ -75,7 +77,7 @@ class ParentLike(Protocol):
     def decode(self, z: Tensor) -> Tensor: ...
 
 
-class EmptyMaskError(RuntimeError):
+class EmptyMaskError(TrialFailed):
     """The mask of the chosen latent (almost) never fires.
 
     Not a ``UserError``: like ``TrainingDiverged`` it is a property of the trial's knobs (the

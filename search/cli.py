@@ -17,11 +17,12 @@ server) is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
-from compvae.errors import UserError, first_line
+from compvae.errors import ArgumentParser, UserError, first_line
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -42,6 +43,24 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive = _int_at_least(1)
 _nonneg = _int_at_least(0)
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 1-65535."""
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {value}")
+    return value
+
+
+def _check_port_free(port: int) -> None:
+    """``mlflow ui`` on a port in use logs an error and still exits 0: check it first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UserError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); "
+                            "choose another port") from None
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -70,11 +89,13 @@ def _open(args: argparse.Namespace):  # -> (layout, state, space)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from compvae.paths import check_folder
     from search.export import export_best
     from search.results import TrialSummary, format_table, trials_frame
 
-    layout, _state, space = _open(args)
-    written = export_best(layout, space, args.out, top=args.top)
+    out = check_folder("--out", args.out)
+    layout, state, space = _open(args)
+    written = export_best(layout, space, out, top=args.top, state=state)
     chosen = {p.stem.split("_", 1)[1] for p in written}
     frame = trials_frame([s for s in TrialSummary.load_all(layout) if s.name in chosen], space)
     print(format_table(frame))
@@ -90,6 +111,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from search.tracking import JOURNAL, MlflowTracker, sync_pending
 
     layout, state, space = _open(args)
+    if args.group_by:  # a wrong knob costs nothing: checked before any file or MLflow write
+        from search.groups import check_knob, per_trial_frame
+
+        check_knob(args.group_by)
+        if per_trial_frame(TrialSummary.load_all(layout), args.group_by).empty:
+            raise UserError(f"--group-by {args.group_by}: no complete trial yet; wait for the search or resume it")
     tracker = None
     try:
         tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
@@ -136,6 +163,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if state.mlflow_uri.startswith(("http://", "https://")):
         print(f"search {layout.name} logs to {state.mlflow_uri}: open it in a browser")
         return 0
+    _check_port_free(args.port)  # after _open: a missing search is the first thing to fix
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI for {layout.name} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
@@ -146,7 +174,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compvae-search", description=__doc__,
+    parser = ArgumentParser(prog="compvae-search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -193,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the search's store")
     p.add_argument("search", metavar="NAME_OR_DIR")
-    p.add_argument("--port", type=_positive, default=5000)
+    p.add_argument("--port", type=_port, default=5000)
     p.add_argument("--storage", help="folder holding searches (default: ./searches)")
     p.set_defaults(func=cmd_ui)
     return parser
@@ -201,8 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from search.driver import SIGTERM  # installed once Ray is up (Ray's own handler comes first)
+
+    terminated = SIGTERM
+    terminated.received = False
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -210,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if args.command in ("launch", "resume"):
             hint = "; continue with `compvae-search resume NAME_OR_DIR`"
-        print(f"interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"{'terminated' if terminated.received else 'interrupted'}{hint}", file=sys.stderr)
+        return 143 if terminated.received else 130
+    return 143 if terminated.received and rc == 130 else rc
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from search.results import FINAL_FAILURE
 from search.tracking import trial_error, trial_label
 
 
@@ -63,6 +64,8 @@ class ConsoleCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
+        if FINAL_FAILURE in result:
+            return  # the trial's FAILED line follows
         epoch = int(result.get("epoch", 0))
         self._print(f"{trial_label(trial)} epoch {epoch}/{self._final(trial)}  {self._objectives(result)}")
         if (self.asha_metric and not self._asha_warned and epoch < self._final(trial)

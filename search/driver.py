@@ -14,8 +14,12 @@ continue the same study, and the tracking callback reuses the parent and trial r
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -27,11 +31,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from compvae import __version__
-from compvae.errors import UserError, first_line
+from compvae.errors import SearchFailed, UserError, first_line
+from compvae.paths import check_file_target, check_folder
 from search.layout import (
     SearchLayout,
     SearchState,
     driver_lock,
+    driver_running,
     resolve_search,
     storage_root,
     write_json_atomic,
@@ -47,7 +53,7 @@ from search.results import (
     trials_frame,
 )
 from search.space import NAME_RE, SearchSpace, load_space, space_from_dict
-from search.tracking import JOURNAL, MlflowTracker, is_local_store, sync_pending
+from search.tracking import JOURNAL, MlflowTracker, is_local_store, store_lock, sync_pending
 
 Printer = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -97,8 +103,9 @@ class _RepeatedTrialErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
+        # Tune's "Resume experiment with: Tuner.restore(...)" is replaced by our resume command.
         return not msg.startswith(("Trial task failed for trial", "Trials did not complete",
-                                   "Failed to fetch metrics for"))
+                                   "Failed to fetch metrics for", "Experiment has been interrupted"))
 
 
 class _TokenAuthNote(logging.Filter):
@@ -130,7 +137,7 @@ def _enable_token_auth() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def connect_ray(address: str | None) -> bool:
+def connect_ray(address: str | None, source: str = "--address") -> bool:
     """Start a new local Ray, or join the cluster at ``address``/``RAY_ADDRESS``.
 
     Returns whether this call initialised Ray (and so should shut it down). An already
@@ -142,9 +149,10 @@ def connect_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address, source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"  # errors name what the user set
     if address:
-        _check_reachable(address)
+        _check_reachable(address, source)
     if address and "RAY_AUTH_MODE" not in os.environ and _token_available():
         _enable_token_auth()
     # Trial stdout stays in Ray's session logs; failures reach the console via Tune's errors.
@@ -161,14 +169,20 @@ def connect_ray(address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = first_line(exc)
         if address:
-            raise UserError(f"--address {address}: cannot join a Ray cluster there ({first}); start one with "
-                            "`ray start --head`, set RAY_AUTH_TOKEN for a remote cluster, or drop --address "
+            raise UserError(f"{source} {address}: cannot join a Ray cluster there ({first}); start one with "
+                            f"`ray start --head`, set RAY_AUTH_TOKEN for a remote cluster, or {_drop(source)} "
                             "for a local Ray") from None
         raise UserError(f"cannot start a local Ray instance: {first}") from None
     return True
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def _drop(source: str) -> str:
+    """How to stop using an address, worded for where it came from."""
+    return {"--address": "drop --address", "RAY_ADDRESS": "unset RAY_ADDRESS"}.get(
+        source, f"give --address (the {source} is used otherwise)")
+
+
+def _check_reachable(address: str, source: str = "--address", timeout: float = 5.0) -> None:
     """Fail in seconds on a ``host:port`` nobody listens on. ``ray.init(address=...)`` retries
     the GCS connection forever (``Failed to connect to GCS ... within 5 seconds`` lines, no
     error), so without this a mistyped or stopped head node hangs the launch."""
@@ -177,27 +191,53 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise UserError(f"--address {address}: expected HOST:PORT of a Ray head node (e.g. 10.0.0.5:6379), "
-                        "or drop --address for a local Ray")
+        raise UserError(f"{source} {address}: expected HOST:PORT of a Ray head node (e.g. 10.0.0.5:6379), "
+                        f"or {_drop(source)} for a local Ray")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        raise UserError(f"--address {address}: cannot join a Ray cluster there (nothing answers: "
-                        f"{exc.strerror or exc}); start one with `ray start --head --port {port}`, or drop "
-                        "--address for a local Ray") from None
+        raise UserError(f"{source} {address}: cannot join a Ray cluster there (nothing answers: "
+                        f"{exc.strerror or exc}); start one with `ray start --head --port {port}`, or "
+                        f"{_drop(source)} for a local Ray") from None
+
+
+class _SigtermAsInterrupt:
+    """SIGTERM handled as Ctrl-C: the handler sends this process SIGINT, so Tune stops the run
+    as it does for Ctrl-C (runs closed, state saved, resume hint) and the CLI exits 143. It is
+    installed after ``ray.init``, which sets a handler of its own that dumps a stack and aborts."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def install(self) -> Any:
+        """Returns the handler it replaced (None off the main thread, where none can be set)."""
+        try:
+            return signal.signal(signal.SIGTERM, self)
+        except ValueError:  # not the main thread (a library caller's worker thread)
+            return None
+
+
+SIGTERM = _SigtermAsInterrupt()
 
 
 @contextmanager
-def ray_session(address: str | None, space: SearchSpace) -> Iterator[None]:
+def ray_session(address: str | None, space: SearchSpace, source: str = "--address") -> Iterator[None]:
     """Ray up and able to place one trial, for the duration of the block; shut down after
     only if this block started it. Runs before the search folder exists, so a wrong address or
     an impossible resource request leaves nothing behind."""
-    owned = connect_ray(address)
+    owned = connect_ray(address, source)
+    previous = SIGTERM.install()
     try:
         check_cluster(space)
         yield
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if owned:
             import ray
 
@@ -231,15 +271,29 @@ def _normalise_mlflow_uri(uri: str) -> str:
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path:
             raise UserError(f"--mlflow-uri {uri}: expected sqlite:///path/to/mlflow.db")
-        if not path.startswith("/"):
-            path = str(Path(path).resolve())  # relative: against the user's cwd, made absolute now
+        # relative: against the user's cwd, made absolute now; its folder must be creatable
+        path = str(check_file_target("--mlflow-uri", path, shown=uri))
         return f"sqlite:///{path}"
     if parsed.scheme in ("http", "https"):
         return uri.rstrip("/")
     if parsed.scheme in ("postgresql", "mysql", "mssql") or parsed.scheme.startswith(("postgresql+", "mysql+")):
+        _check_db_driver(uri)
         return uri
     raise UserError(f"--mlflow-uri {uri}: use sqlite:///ABS/PATH.db, a database URL, or http(s)://host:port "
                     "of `mlflow server` (MLflow 3 refuses plain folders)")
+
+
+def _check_db_driver(uri: str) -> None:
+    """A database URI whose Python driver is missing fails now, not after Ray has started.
+    ``create_engine`` imports the driver without connecting."""
+    import sqlalchemy
+
+    try:
+        sqlalchemy.create_engine(uri).dispose()
+    except Exception as exc:  # NoSuchModuleError, ModuleNotFoundError, ArgumentError
+        raise UserError(f"--mlflow-uri {uri}: cannot use this database URI ({type(exc).__name__}: "
+                        f"{first_line(exc)}); install its Python driver (e.g. psycopg2-binary, pymysql) "
+                        "or use sqlite:///ABS/PATH.db") from None
 
 
 def _check_mlflow_server(uri: str) -> None:
@@ -279,9 +333,15 @@ def _check_data(space: SearchSpace) -> SearchSpace:
     base = resolved.base_config()
     names = resolved.params["data.name"].values() if "data.name" in resolved.params else [base.data.name]
     paths = resolved.params["data.path"].values() if "data.path" in resolved.params else [base.data.path]
+    # the largest batch any trial can draw must fit the dataset (a plain image set may be small)
+    batch_sizes = {}
+    for key in ("parent.batch_size", "child.batch_size"):
+        spec = resolved.params.get(key)
+        values = [getattr(base, key.split(".")[0]).batch_size] if spec is None else list(spec.bounds())
+        batch_sizes[key] = int(max(values))
     for name in names:
         for path in paths:
-            check_data(str(name), path, base.parent.resolution)
+            check_data(str(name), path, base.parent.resolution, base.data.num_train, batch_sizes)
     return resolved
 
 
@@ -374,10 +434,13 @@ def _parent_tags(space: SearchSpace, layout: SearchLayout, address: str | None) 
 
 
 def _start_tracking(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None) -> None:
-    tracker = MlflowTracker(state.mlflow_uri)
     artifacts = layout.mlartifacts.as_uri() if is_local_store(state.mlflow_uri) else None
     try:
-        state.mlflow_experiment_id = tracker.ensure_experiment(space.name, artifacts)
+        # Creating a SQLite store runs its schema migrations; two launches doing it at once on
+        # one new store race (`duplicate column name`), so creation is serialised by a lock.
+        with store_lock(state.mlflow_uri):
+            tracker = MlflowTracker(state.mlflow_uri)
+            state.mlflow_experiment_id = tracker.ensure_experiment(space.name, artifacts)
         state.mlflow_parent_run_id = tracker.start_parent(
             state.mlflow_experiment_id, layout.name, _parent_tags(space, layout, address))
     except Exception as exc:  # any store problem is the user's URI/server: one line
@@ -393,42 +456,89 @@ def launch(space_path: str | Path, *, name: str | None = None, storage: str | Pa
            out: Printer = print) -> Outcome:
     _quiet_tune()
     space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed, reuse_parents)
+    return _launch(space, name=name, storage=storage, mlflow_uri=mlflow_uri, address=address, out=out)
+
+
+def _launch(space: SearchSpace, *, name: str | None, storage: str | Path | None, mlflow_uri: str | None,
+            address: str | None, out: Printer, address_source: str = "--address") -> Outcome:
+    """Every check that needs no Ray (space, data, paths, MLflow URI) runs before Ray starts."""
     space = _check_data(space)
-    address = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
-    name = name or f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    recorded = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
+    if name is None:
+        name = f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if not NAME_RE.match(name):
-        raise UserError(f"--name {name}: letters, digits, '_', '-', '.' only")
-    layout = SearchLayout(storage_root(storage) / name)
+        raise UserError(f"--name {name!r}: letters, digits, '_', '-', '.' only (1-100 characters, "
+                        "starting with a letter or digit)")
+    root = check_folder("--storage", storage_root(storage), shown=str(storage or storage_root(None)))
+    layout = SearchLayout(check_folder("--name", root / name, shown=name))
+    stale = False
     if layout.state_file.exists():
-        raise UserError(f"search '{name}' already exists in {layout.root}; resume it with "
-                        f"`compvae-search resume {layout.root}` or choose another --name")
+        previous = SearchState.load(layout)
+        if previous.status != "created" or driver_running(layout):
+            raise UserError(f"search '{name}' already exists in {layout.root}; resume it with "
+                            f"`compvae-search resume {layout.root}` or choose another --name")
+        stale = True  # a launch that failed during start-up: no trial ran, so it starts afresh
     uri = _normalise_mlflow_uri(mlflow_uri) if mlflow_uri else layout.default_mlflow_uri
     _check_mlflow_server(uri)
-    with ray_session(address, space), driver_lock(layout):
-        layout.space_file.write_text(space.to_yaml())
-        state = SearchState(name=name, space_name=space.name, version=__version__,
-                            created=dt.datetime.now().isoformat(timespec="seconds"), mlflow_uri=uri,
-                            optuna_url=layout.optuna_url, study_name=name, ray_address=address)
-        state.save(layout)
-        _start_tracking(space, layout, state, address)
-        out(f"search {name}: {space.num_trials} trials of space '{space.name}' "
-            f"({space.search.sampler}, {space.search.max_concurrent} at a time) in {layout.root}")
-        out(f"MLflow: {uri} (experiment '{space.name}', run '{name}'); "
-            f"`compvae-search ui {layout.root}` to browse")
-        return _run(space, layout, state, address, restore=False, out=out)
+    with ray_session(address, space, address_source):
+        if stale:
+            shutil.rmtree(layout.root)
+        with driver_lock(layout):
+            layout.space_file.write_text(space.to_yaml())
+            state = SearchState(name=name, space_name=space.name, version=__version__,
+                                created=dt.datetime.now().isoformat(timespec="seconds"), mlflow_uri=uri,
+                                optuna_url=layout.optuna_url, study_name=name, ray_address=recorded,
+                                space_fingerprint=space_fingerprint(space), space_snapshot=space.to_dict())
+            state.save(layout)
+            _start_tracking(space, layout, state, recorded)
+            out(f"search {name}: {space.num_trials} trials of space '{space.name}' "
+                f"({space.search.sampler}, {space.search.max_concurrent} at a time) in {layout.root}")
+            out(f"MLflow: {uri} (experiment '{space.name}', run '{name}'); "
+                f"`compvae-search ui {layout.root}` to browse")
+            return _run(space, layout, state, recorded, restore=False, out=out)
+
+
+def space_fingerprint(space: SearchSpace) -> str:
+    """What ``resume`` compares: the launched space, overrides and absolute data paths included."""
+    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_unchanged(layout: SearchLayout, state: SearchState, space: SearchSpace) -> None:
+    """Resuming an edited ``space.yaml`` would restore the old Tune experiment under new
+    settings (a search that never finishes): refuse, naming the fields that changed."""
+    if state.space_fingerprint is None or space_fingerprint(space) == state.space_fingerprint:
+        return
+    from compvae.config import flatten
+
+    before = flatten(json.loads(json.dumps(state.space_snapshot or {})))
+    after = flatten(json.loads(json.dumps(space.to_dict())))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    raise UserError(f"{layout.space_file}: edited since the search was launched ({shown or 'its layout'} "
+                    "changed); undo the edit to resume, or launch a new search with the edited space")
 
 
 def resume(name_or_dir: str, *, storage: str | Path | None = None, address: str | None = None,
            out: Printer = print) -> Outcome:
     _quiet_tune()
     layout = resolve_search(name_or_dir, storage)
+    state = SearchState.load(layout)
+    source = "--address" if address else "ray_address of search.json"
+    if state.status == "created" and not driver_running(layout):
+        # its launch failed during start-up (no trial ran): launch it again, same settings
+        space = load_space(layout.space_file)
+        out(f"search {layout.name} never started; launching it again")
+        uri = None if state.mlflow_uri == layout.default_mlflow_uri else state.mlflow_uri
+        return _launch(space, name=layout.name, storage=layout.root.parent, mlflow_uri=uri,
+                       address=address or state.ray_address, out=out, address_source=source)
     with driver_lock(layout):
         state = SearchState.load(layout)
         space = load_space(layout.space_file)
+        _check_unchanged(layout, state, space)
         address = address or state.ray_address
         done = [s for s in TrialSummary.load_all(layout) if s.status in (COMPLETED, STOPPED, FAILED)]
         out(f"resuming search {layout.name}: {len(done)}/{space.num_trials} trials already done")
-        with ray_session(address, space):
+        with ray_session(address, space, source):
             return _run(space, layout, state, address, restore=True, out=out)
 
 
@@ -565,6 +675,12 @@ def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summari
         export_best(layout, space, layout.export_dir, tracker=tracker, state=state)
     failed = sum(s.status == FAILED for s in summaries)
     stopped = sum(s.status == STOPPED for s in summaries)
+    if not any(s.status == COMPLETED for s in summaries):
+        errors = [s for s in summaries if s.status == FAILED and s.error]
+        first = f"; first error: {errors[0].name}: {errors[0].error}" if errors else ""
+        _mark(tracker, layout, state, "failed", "FAILED")
+        raise SearchFailed(f"search {layout.name}: no trial completed ({failed} failed, {stopped} stopped by "
+                           f"ASHA){first}; fix the space and launch a new search (report: {layout.report_dir})")
     out(f"\nsearch {layout.name} finished: {len(summaries)} trials, {len(summaries) - failed - stopped} complete, "
         f"{stopped} stopped by ASHA, {failed} failed")
     title = "Pareto front" if space.multi_objective else "best trials"

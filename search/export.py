@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from compvae.config import TrialConfig
 from compvae.errors import UserError
-from search.layout import SearchLayout, SearchState
+from compvae.paths import check_folder
+from search.layout import SearchLayout, SearchState, driver_running
 from search.results import TrialSummary, best_trials
 from search.space import SearchSpace
 
@@ -32,6 +34,23 @@ def _config_of(layout: SearchLayout, s: TrialSummary) -> TrialConfig:
     return TrialConfig.from_dict(s.config, source=f"trial {s.name}")
 
 
+_EXPORT_FILE = re.compile(r"^((rank|pareto)\d+_.+\.(yaml|metrics\.json)|best\.yaml|index\.csv)$")
+
+
+def _clear_earlier_export(out: Path) -> None:
+    """An earlier export's files in ``out`` are removed, so it holds this export only (a stale
+    ``rank02`` beside a new ``rank01`` would read as one ranking); other files refuse."""
+    if not out.is_dir():
+        return
+    entries = list(out.iterdir())
+    foreign = [p.name for p in entries if not (p.is_file() and _EXPORT_FILE.match(p.name))]
+    if foreign:
+        raise UserError(f"--out {out}: holds files that are not an export ({', '.join(sorted(foreign)[:3])}); "
+                        "choose an empty or new folder")
+    for p in entries:
+        p.unlink()
+
+
 def export_best(layout: SearchLayout, space: SearchSpace, out_dir: str | Path, top: int | None = None,
                 tracker: Any = None, state: SearchState | None = None) -> list[Path]:
     """Write the chosen configs (+ metrics) to ``out_dir``; returns the YAML paths."""
@@ -40,13 +59,15 @@ def export_best(layout: SearchLayout, space: SearchSpace, out_dir: str | Path, t
         raise UserError(f"--top {top}: must be at least 1")
     chosen = best_trials(summaries, space, top if (top or space.multi_objective) else 1)
     if not chosen:
+        # RUNNING in a summary means "running" only while a driver runs the search
+        stopped = not driver_running(layout)
+        label = {"RUNNING": "unfinished (search stopped; resume it)" if stopped else "running"}
         counts = {st: sum(s.status == st for s in summaries) for st in {s.status for s in summaries}}
-        raise UserError(f"search {layout.name}: no trial has finished its full budget yet "
-                        f"({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items())) or 'no trials'}); "
-                        "nothing to export")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+        shown = ", ".join(f"{v} {label.get(k, k.lower())}" for k, v in sorted(counts.items()))
+        raise UserError(f"search {layout.name}: no trial has finished its full budget "
+                        f"({shown or 'no trials'}); nothing to export")
+    out = check_folder("--out", out_dir)
+    _clear_earlier_export(out)
     out.mkdir(parents=True, exist_ok=True)
     kind = "pareto" if space.multi_objective else "rank"
     written: list[Path] = []

@@ -110,6 +110,8 @@ class SearchState:
     mlflow_parent_run_id: str | None = None
     status: str = "created"  # created | running | interrupted | finished | failed
     history: list[dict[str, Any]] = field(default_factory=list)
+    space_fingerprint: str | None = None  # of the launched space: resume refuses an edited one
+    space_snapshot: dict[str, Any] | None = None  # the launched space, to name what was edited
 
     def save(self, layout: SearchLayout) -> None:
         write_json_atomic(layout.state_file, asdict(self))
@@ -146,6 +148,20 @@ def resolve_search(name_or_dir: str, storage: str | Path | None = None) -> Searc
         return SearchLayout(under)
     raise UserError(f"no search '{name_or_dir}': neither {as_dir.resolve()} nor {under} holds a "
                     f"{STATE_FILE}; give the search's folder, or its name with --storage DIR")
+
+
+def driver_running(layout: SearchLayout) -> bool:
+    """Whether a driver holds this search's lock right now (a probe: takes nothing)."""
+    path = layout.root / "driver.lock"
+    if not path.is_file():
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
 
 
 @contextmanager

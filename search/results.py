@@ -20,6 +20,9 @@ from search.layout import SearchLayout, write_json_atomic
 from search.space import SearchSpace
 
 RUNNING, COMPLETED, STOPPED, FAILED = "RUNNING", "COMPLETED", "STOPPED", "FAILED"
+# Key of the result a trial sends just before raising a TrialFailed (compvae.errors): the
+# driver then ends the trial FAILED without retrying it, as a retry would fail the same way.
+FINAL_FAILURE = "trial_failed"
 LOST = "LOST"  # started, then lost with a killed driver before Tune saved it; replaced on resume
 
 

@@ -55,7 +55,7 @@ _ATTR = {"uniform": "uniform", "loguniform": "loguniform", "int": "int_range", "
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN is reported as NaN
 
 
 def _number(value: Any) -> Any:
@@ -67,7 +67,7 @@ def _number(value: Any) -> Any:
 class ParamSpec(_Strict):
     """Exactly one distribution for one dotted TrialConfig field."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None

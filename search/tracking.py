@@ -27,12 +27,15 @@ and by ``compvae-search report``). A store unreachable at *launch* is still one 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -48,7 +51,7 @@ from compvae.config import TrialConfig
 from compvae.errors import ConfigError, UserError, first_line
 from compvae.parent_store import parent_key
 from search.layout import SearchLayout, SearchState
-from search.results import COMPLETED, FAILED, LOST, RUNNING, STOPPED, TrialSummary
+from search.results import COMPLETED, FAILED, FINAL_FAILURE, LOST, RUNNING, STOPPED, TrialSummary
 from search.space import SearchSpace, space_from_dict
 
 # Keys Tune adds to every result: never logged as metrics.
@@ -116,6 +119,24 @@ def _param_value(v: Any) -> str:
 
 def is_local_store(uri: str) -> bool:
     return urlparse(uri).scheme not in ("http", "https", "databricks")
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Held while a SQLite store may be created or upgraded: MLflow's migrations are not safe
+    against a second process migrating the same new file (``duplicate column name``). The lock
+    is a file next to the database; other URIs need none (their server serialises)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 PENDING_PREFIX = "pending-"
@@ -537,6 +558,9 @@ class TrackingCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
+        if FINAL_FAILURE in result:  # the trial raises next; Tune must not retry it
+            trial.max_failures = 0
+            return
         metrics = trial_metrics(result)
         epoch = int(result.get("epoch", 0))
         run_id = self._run_id(trial)

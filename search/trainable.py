@@ -39,7 +39,9 @@ import ray
 from ray import tune
 
 from compvae.config import TrialConfig
+from compvae.errors import TrialFailed
 from search.layout import SearchLayout
+from search.results import FINAL_FAILURE
 
 FAULT_ENV = "COMPVAE_SEARCH_FAULT"
 EPOCH_FILE = "tune_epoch.json"
@@ -149,8 +151,14 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
             raise InjectedFault(f"injected fault after epoch {epoch} ({FAULT_ENV})")
 
     try:
-        run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
-                  parent_store=layout.parents_dir if reuse_parents else None, progress=False)
+        try:
+            run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
+                      parent_store=layout.parents_dir if reuse_parents else None, progress=False)
+        except TrialFailed as exc:
+            # Caused by the knobs (empty mask, divergence): tell the driver before raising, so
+            # Tune ends the trial FAILED instead of retrying it into the same failure.
+            tune.report({FINAL_FAILURE: f"{type(exc).__name__}: {exc}"})
+            raise
         # The outputs hold the weights; the resumable state is no longer needed once they exist.
         shutil.rmtree(state, ignore_errors=True)
         # The last epoch is reported only now, after run_trial wrote metrics.json, figures and

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from compvae.data.base import GroundTruthData
-from compvae.errors import ConfigError
+from compvae.errors import ConfigError, DataError
 
 
 def get_dataset(name: str, **options: Any) -> GroundTruthData:
@@ -47,14 +47,29 @@ def dataset_options(cfg: Any, resolution: int) -> dict[str, Any]:
     return options
 
 
-def check_data(name: str, path: str | None, resolution: int) -> None:
+def check_data(name: str, path: str | None, resolution: int, num_train: int | None = None,
+               batch_sizes: dict[str, int] | None = None) -> None:
     """Open a dataset once (constructors read only headers and labels) so that a missing,
-    corrupt or wrongly shaped file is one :class:`~compvae.errors.DataError` line *before* an
-    output folder, a Ray cluster or a search's worth of identical failed trials exist."""
+    corrupt or wrongly shaped file, or one too small for a batch, is one
+    :class:`~compvae.errors.DataError` line *before* an output folder, a Ray cluster or a
+    search's worth of identical failed trials exist."""
     options: dict[str, Any] = {"resolution": resolution}
     if path:
         options["path"] = str(Path(path).expanduser().resolve())
-    get_dataset(name, **options)
+    data = get_dataset(name, **options)
+    if data.has_factors or num_train is None:
+        return  # factor datasets sample num_train images (with replacement): any size serves
+    n = min(num_train, len(data))  # a plain image collection trains on at most all its images
+    for field, size in (batch_sizes or {}).items():
+        if size > n:
+            raise DataError(f"{field}: {size} is more than the {n} training images of {options['path']}; "
+                            f"set {field} to at most {n}")
 
 
-__all__ = ["GroundTruthData", "check_data", "dataset_options", "get_dataset"]
+def check_trial_data(cfg: Any) -> None:
+    """:func:`check_data` for one ``TrialConfig``: its dataset, resolution and batch sizes."""
+    check_data(cfg.data.name, cfg.data.path, cfg.parent.resolution, cfg.data.num_train,
+               {"parent.batch_size": cfg.parent.batch_size, "child.batch_size": cfg.child.batch_size})
+
+
+__all__ = ["GroundTruthData", "check_data", "check_trial_data", "dataset_options", "get_dataset"]
