@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from compvae.errors import UserError
+from compvae.io import atomic_write_json
 
 DEFAULT_STORAGE = "searches"
 STATE_FILE = "search.json"
@@ -128,10 +128,7 @@ class SearchState:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Readers (report, export, a second terminal) never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=2, sort_keys=True, default=str)
 
 
 def storage_root(storage: str | Path | None) -> Path:

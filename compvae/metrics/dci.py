@@ -1,41 +1,7 @@
 """Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018), as disentanglement_lib.
 
-Per factor a gradient-boosted trees classifier predicts the factor from all codes; its feature
-importances form one column of the importance matrix R (codes x factors). Then, exactly as
-disentanglement_lib's ``dci.py``:
-
-* D = sum_j rho_j (1 - H_K(P_j)), P_j = row j of R normalised over factors, rho_j = row sum /
-  total: codes that matter more weigh more.
-* C = sum_k w_k (1 - H_J(R_k)), R_k = column k normalised over codes, w_k = column sum / total.
-  Every fitted column sums to 1 (both estimators normalise their importances per factor), so on
-  fitted matrices C is the plain mean over factors; on hand-built matrices the weighting shows.
-* I = mean over factors of the test accuracy (``informativeness_train``: training accuracy).
-
-Entropies add 1e-11 to every entry before normalising, as the reference does, so an all-zero row
-or column counts as uniform (and, having zero weight, does not move the score).
-
-Two estimators of R:
-
-* ``"faithful"``: ``sklearn.ensemble.GradientBoostingClassifier()`` with its defaults and its
-  ``feature_importances_`` (mean decrease in impurity), the reference. Costly: one depth-3
-  regression tree per class per stage: 408 s measured for dSprites-sized data on a busy
-  2-core machine (single-threaded).
-* ``"fast"``: ``HistGradientBoostingClassifier`` (binned features) with the faithful model's
-  budget: 100 iterations, learning rate 0.1, trees of at most 8 leaves (what a depth-3 tree
-  has; HGB grows them best-first), no early stopping. HGB has no ``feature_importances_``; we
-  use the quantity the faithful estimator reports, the total split gain (loss reduction) per
-  feature over every tree, normalised to sum 1 per factor. Permutation importance was rejected:
-  it costs a prediction pass per code and repeat, and it scores redundant codes (a factor
-  copied into two codes) near zero because either copy compensates, which is not what the
-  impurity-based reference measures and would distort D and C.
-
-  Calibration against the faithful estimator, ``python benchmarks/metrics.py`` (dSprites factor
-  sizes, 10,000 / 5,000 points, 10-code noisy mix): D 0.566 vs 0.581, C 0.552 vs 0.555, I 0.512
-  vs 0.511, in 15 s vs 408 s (27x) on a busy 2-core machine; an entangled 8-code mix (n = 3,000):
-  D 0.174 vs 0.178, C 0.167 vs 0.167. Settings rejected on the first data: depth-3 trees
-  (D 0.665, C 0.645: importance too concentrated) and HGB's defaults, 31-leaf trees (D 0.451,
-  C 0.435: importance spread onto noise codes). Training accuracy is higher than the faithful
-  model's (0.89 vs 0.81); test accuracy, which is what I reports, agrees.
+Two estimators of the importance matrix: ``faithful`` (the reference) and ``fast`` (calibrated
+against it); see docs/design.md (DCI) for the formulas, the calibration and what was rejected.
 """
 
 from __future__ import annotations
@@ -47,6 +13,7 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
+from compvae.compat import hgb_predictors
 from compvae.metrics._utils import as_train_test, nanmean, varying_factors
 
 Estimator = Literal["faithful", "fast"]
@@ -121,16 +88,10 @@ def dci_from_importance(importance: np.ndarray) -> dict[str, float]:
 def hgb_gain_importance(model: HistGradientBoostingClassifier, num_features: int) -> np.ndarray:
     """Total split gain per feature over all trees of a fitted HGB model, normalised to sum 1.
 
-    Reads the fitted tree predictors (``model._predictors``, present in every scikit-learn
-    release since HGB was introduced); zero vector when no tree split at all.
+    Reads the fitted trees through :func:`compvae.compat.hgb_predictors`; zero vector when no
+    tree split at all.
     """
-    predictors = getattr(model, "_predictors", None)
-    if predictors is None:
-        import sklearn
-
-        raise RuntimeError(
-            f"scikit-learn {sklearn.__version__}: HistGradientBoostingClassifier no longer exposes "
-            "its fitted trees (_predictors); use dci estimator 'faithful'")
+    predictors = hgb_predictors(model)
     gain = np.zeros(num_features)
     for per_class in predictors:
         for tree in per_class:
@@ -160,10 +121,9 @@ def importance_matrix(train_codes: np.ndarray, train_factors: np.ndarray, test_c
     Factors constant in the training set cannot be classified: their column is zero (zero
     weight in D and C) and their accuracies nan (left out of I).
 
-    ``n_threads`` caps HGB's OpenMP threads (None: OpenMP's default, all cores). The default is
-    1 because evaluations run beside training and other trials: on a busy 2-core machine the
-    OpenMP workers of HGB busy-wait for each other and a fit measured 27 s with 2 threads
-    against 0.7 s with 1. The faithful estimator is single-threaded anyway.
+    ``n_threads`` caps HGB's OpenMP threads (None: all cores); 1 by default because evaluations
+    run beside training and other trials, where busy-waiting OpenMP workers slow a fit down
+    (docs/design.md, DCI). The faithful estimator is single-threaded anyway.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"dci estimator must be one of {ESTIMATORS}, got {estimator!r}")

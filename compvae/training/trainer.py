@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from compvae.errors import TrainingDiverged
+from compvae.io import atomic_torch_save
 from compvae.training.device import resolve_device
 
 LogValue = torch.Tensor | float | int
@@ -335,21 +334,8 @@ class Trainer:
         self._reset_epoch_logs()
 
     def save(self, path: str | Path) -> None:
-        """Write the state atomically: a temporary file in the same folder, fsync, then
-        ``os.replace``, so a crash leaves either the old checkpoint or the new one, never half."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        """Write the state atomically: a crash leaves the old checkpoint or the new one, never half."""
+        atomic_torch_save(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
         """Load a checkpoint written by :meth:`save` (tensors-only unpickling, CPU first)."""

@@ -1,0 +1,70 @@
+"""Each private-API use in compvae.compat still works on the installed libraries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compvae import compat
+
+
+def test_tested_ranges_cover_the_installed_versions():
+    import optuna
+    import ray
+    import sklearn
+
+    assert compat._check("scikit-learn", sklearn.__version__, compat.SKLEARN_TESTED, "x")
+    assert compat._check("optuna", optuna.__version__, compat.OPTUNA_TESTED, "x")
+    assert compat._check("ray", ray.__version__, compat.RAY_TESTED, "x")
+
+
+def test_outside_the_tested_range_is_one_warning():
+    with pytest.warns(RuntimeWarning, match="lib 9.9.0: thing is a private API"):
+        assert not compat._check("lib", "9.9.0", ((1, 0), (1, 9)), "thing")
+
+
+def test_hgb_predictors_are_the_fitted_trees():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 1] > 0).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=5).fit(x, y)
+    trees = compat.hgb_predictors(model)
+    assert len(trees) == 5 and trees[0][0].nodes["feature_idx"][0] == 1
+    with pytest.raises(RuntimeError, match="_predictors"):
+        compat.hgb_predictors(object())
+
+
+def test_optuna_storage_access(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    trial = study.ask()
+    assert not compat.study_trial_finished(study, trial)
+    frozen = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))[0]
+    compat.fail_study_trial(study, frozen, "orphaned", "why")
+    (t,) = study.get_trials(deepcopy=False)
+    assert t.state == TrialState.FAIL and t.user_attrs == {"orphaned": "why"}
+    assert compat.study_trial_finished(study, trial)
+
+
+def test_ray_token_switch_and_logger_exist():
+    import importlib
+    import logging
+
+    compat.ray_enable_token_auth()  # True or False by whether a token exists: never raises
+    module = importlib.import_module(compat.RAY_TOKEN_LOGGER)
+    assert hasattr(module, "maybe_enable_token_auth_if_token_available")
+    assert isinstance(logging.getLogger(compat.RAY_TOKEN_LOGGER), logging.Logger)
+
+
+def test_tune_stop_retries():
+    from ray.tune.experiment import Trial
+
+    trial = Trial("__fake", config={}, max_failures=3, stub=True)
+    compat.tune_stop_retries(trial)
+    assert trial.max_failures == 0
+    with pytest.raises(RuntimeError, match="max_failures"):
+        compat.tune_stop_retries(object())
