@@ -88,7 +88,7 @@ def outer_parents(layout_root: Path) -> list[dict[str, Any]]:
     without an outer level or without reuse). Their seconds count as trial compute: a trial
     would otherwise have trained them."""
     from search.layout import SearchLayout
-    from search.outer import load_record
+    from search.run.outer import load_record
 
     record = load_record(SearchLayout(layout_root))
     return record["points"] if record is not None else []
@@ -123,7 +123,7 @@ def warm_up(folder: Path, concurrency: int) -> None:
     Ray Tune and the trial code in them; without a warm-up that cost lands on whichever side
     runs first (seen: a 4-trial trimmed run measured reuse 1.5x slower than no reuse).
     """
-    from search.driver import launch
+    from search.run.lifecycle import launch
 
     folder.mkdir(parents=True, exist_ok=True)
     space = {"name": "warmup", "preset": "tiny", "params": {"child.beta": {"uniform": [1.0, 2.0]}},
@@ -136,8 +136,8 @@ def warm_up(folder: Path, concurrency: int) -> None:
 
 def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[str, Any]:
     """Run one search to the end; its wall time, trial compute time and parents trained."""
-    from search.driver import launch
-    from search.results import TrialSummary
+    from search.analysis.results import TrialSummary
+    from search.run.lifecycle import launch
 
     lines: list[str] = []
     t0 = time.perf_counter()

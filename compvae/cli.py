@@ -19,7 +19,7 @@ from typing import Any
 
 from compvae.config import TrialConfig, parse_yaml, preset
 from compvae.data import check_trial_data
-from compvae.errors import ArgumentParser, TrainingDiverged, TrialFailed, UserError
+from compvae.errors import REPORTED, ArgumentParser, TrialFailed, UserError, report_error
 from compvae.paths import check_folder
 
 
@@ -111,13 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except TrialFailed as exc:
-        what = "training diverged: " if isinstance(exc, TrainingDiverged) else ""
-        print(f"error: {what}{exc}", file=sys.stderr)
-        return 1
+    except REPORTED as exc:
+        return report_error(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 
 def first_line(exc: BaseException) -> str:
@@ -49,8 +49,24 @@ class TrialFailed(RuntimeError):
 
 
 class TrainingDiverged(TrialFailed):
-    """A loss term became NaN or inf. Not a UserError: it is a property of the trial's knobs,
-    so a search records the trial as FAILED with this message and carries on."""
+    """A loss term became NaN or inf: a property of the trial's knobs, not of the input."""
+
+
+class EmptyMaskError(TrialFailed):
+    """The mask of the chosen latent (almost) never fires (the latent, delta, threshold, or a
+    parent that collapsed): the trial fails instead of training a child on nothing."""
+
+
+def report_error(exc: UserError | TrialFailed, stream: TextIO | None = None) -> int:
+    """The one error-to-exit-code mapping of both CLIs: one ``error: ...`` line, then the code
+    (a UserError's own, 1 for a trial's knobs that failed)."""
+    what = "training diverged: " if isinstance(exc, TrainingDiverged) else ""
+    print(f"error: {what}{exc}", file=stream or sys.stderr)
+    return exc.exit_code if isinstance(exc, UserError) else 1
+
+
+# What the CLIs catch and report with :func:`report_error`; anything else is a crash.
+REPORTED = (UserError, TrialFailed)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from compvae.errors import ArgumentParser, UserError, first_line
+from compvae.errors import REPORTED, ArgumentParser, UserError, first_line, report_error
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -64,7 +64,7 @@ def _check_port_free(port: int) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from search.driver import launch
+    from search.run.lifecycle import launch
 
     outcome = launch(args.space, name=args.name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                      address=args.address, num_samples=args.num_samples,
@@ -74,7 +74,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search.driver import resume
+    from search.run.lifecycle import resume
 
     outcome = resume(args.search, storage=args.storage, address=args.address)
     return 0 if outcome.finished else 130
@@ -90,8 +90,8 @@ def _open(args: argparse.Namespace):  # -> (layout, state, space)
 
 def cmd_export(args: argparse.Namespace) -> int:
     from compvae.paths import check_folder
-    from search.export import export_best
-    from search.results import TrialSummary, format_table, trials_frame
+    from search.analysis.export import export_best
+    from search.analysis.results import TrialSummary, format_table, trials_frame
 
     out = check_folder("--out", args.out)
     layout, state, space = _open(args)
@@ -106,13 +106,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.report import build_report
-    from search.results import TrialSummary, format_table, trials_frame
-    from search.tracking import JOURNAL, MlflowTracker, sync_pending
+    from search.analysis.report import build_report
+    from search.analysis.results import TrialSummary, format_table, trials_frame
+    from search.tracking.client import MlflowTracker
+    from search.tracking.journal import JOURNAL, sync_pending
 
     layout, state, space = _open(args)
     if args.group_by:  # a wrong knob costs nothing: checked before any file or MLflow write
-        from search.groups import check_knob, per_trial_frame
+        from search.analysis.groups import check_knob, per_trial_frame
 
         check_knob(args.group_by)
         if per_trial_frame(TrialSummary.load_all(layout), args.group_by).empty:
@@ -124,7 +125,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except Exception as exc:  # a report must not need the MLflow store to be up
         print(f"note: not logging to MLflow ({first_line(exc)[:120]})", file=sys.stderr)
         tracker = None
-    if tracker is not None:  # writes buffered while the store was away (search.tracking.MlflowTracker)
+    if tracker is not None:  # writes buffered while the store was away (search.tracking.client.MlflowTracker)
         sent, pending = sync_pending(tracker, layout)
         if sent or pending:
             print(f"MLflow: sent {sent} buffered writes, {pending} still pending in {layout.root / JOURNAL}")
@@ -133,7 +134,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for f in files:
         print(f"wrote {f}")
     if args.paired_by:
-        from search.paired import paired_report
+        from search.analysis.paired import paired_report
 
         knobs = [k.strip() for k in (args.group_by or "child.masking_mode").split(",") if k.strip()]
         paired = paired_report(TrialSummary.load_all(layout), knobs, args.paired_by, layout.report_dir,
@@ -144,7 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for f in paired.files:
             print(f"wrote {f}")
     elif args.group_by:
-        from search.groups import group_report
+        from search.analysis.groups import group_report
 
         grouped = group_report(TrialSummary.load_all(layout), args.group_by, layout.report_dir, space,
                                title=f"{layout.name}: complete trials by {args.group_by}",
@@ -229,15 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from search.driver import SIGTERM  # installed once Ray is up (Ray's own handler comes first)
+    from search.run.session import (
+        SIGTERM,  # installed once Ray is up (Ray's own handler comes first)
+    )
 
     terminated = SIGTERM
     terminated.received = False
     try:
         rc = int(args.func(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except REPORTED as exc:
+        return report_error(exc)
     except KeyboardInterrupt:
         hint = ""
         if args.command in ("launch", "resume"):

@@ -446,8 +446,8 @@ def test_unreachable_ray_address_from_the_environment_names_the_variable(write_s
 
 # ---- a search folder written by hand (no Ray): resume, report, ui -------------------------------------
 def _fake_search(tmp: Path, write_space, status: str = "interrupted") -> Path:
-    from search.driver import space_fingerprint
     from search.layout import SearchLayout, SearchState
+    from search.run.checks import space_fingerprint
     from search.space import load_space
 
     space = load_space(write_space())
@@ -507,8 +507,8 @@ def test_ui_refuses_a_port_in_use(write_space, tmp_path, capsys):
 
 
 def _with_trials(root: Path, *statuses: str) -> None:
+    from search.analysis.results import TrialSummary
     from search.layout import SearchLayout
-    from search.results import TrialSummary
     from search.space import load_space
 
     layout = SearchLayout(root)

@@ -24,7 +24,7 @@ from compvae.metrics import evaluate
 from compvae.metrics.informativeness import active_latents, informativeness_per_factor
 from compvae.models import VAE
 from compvae.trial import run_trial
-from search.paired import holm, paired_table
+from search.analysis.paired import holm, paired_table
 
 
 def _factors(n: int, seed: int = 0) -> np.ndarray:

@@ -29,10 +29,11 @@ from _services import http_ok, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
+from search.analysis.results import COMPLETED, FAILED, TrialSummary
 from search.cli import main
 from search.layout import SearchLayout, SearchState
-from search.results import COMPLETED, FAILED, TrialSummary
-from search.tracking import JOURNAL, TRIAL_ID_TAG
+from search.tracking.client import TRIAL_ID_TAG
+from search.tracking.journal import JOURNAL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,7 +260,7 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
     resume trains only what is missing, continues the partial parent from its last epoch, and
     ends with the very parent an uninterrupted run trains (same metrics), each trained once."""
     from compvae.trial import prepare_parent
-    from search.outer import load_record
+    from search.run.outer import load_record
     from search.space import load_space
 
     data = {
@@ -315,7 +316,8 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
 
 # ---- the write journal itself (fast: a dead URL, then a real SQLite store) ----------------------
 def test_journal_keeps_order_and_replays_without_duplicates(tmp_path, monkeypatch):
-    from search.tracking import PENDING_PREFIX, MlflowTracker
+    from search.tracking.client import MlflowTracker
+    from search.tracking.journal import PENDING_PREFIX
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     store = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -15,8 +15,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from test_faults import _attempts, _finish, _launch, _space, _wait
 
+from search.analysis.results import COMPLETED, FAILED, TrialSummary
 from search.layout import SearchLayout, SearchState
-from search.results import COMPLETED, FAILED, TrialSummary
 
 
 def _env() -> dict[str, str]:
@@ -87,7 +87,7 @@ def test_a_search_whose_start_up_failed_can_be_resumed(tmp_path):
 
 _CREATE_STORE = """
 import sys, time
-from search.tracking import MlflowTracker, store_lock
+from search.tracking.client import MlflowTracker, store_lock
 uri, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))  # both processes reach the new store together
 with store_lock(uri):

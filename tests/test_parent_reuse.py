@@ -24,11 +24,11 @@ from mlflow.tracking import MlflowClient
 from compvae.cli import main as compvae_main
 from compvae.config import TrialConfig
 from compvae.parent_store import parent_key
+from search.analysis.results import FAILED, TrialSummary
 from search.cli import main
 from search.layout import SearchLayout, SearchState
-from search.outer import load_record
-from search.results import FAILED, TrialSummary
-from search.tracking import PARENT_HASH_PARAM, PARENT_REUSED
+from search.run.outer import load_record
+from search.tracking.callback import PARENT_HASH_PARAM, PARENT_REUSED
 
 NUM_TRIALS = 4
 
@@ -191,7 +191,7 @@ def test_outer_level_trains_each_parent_once_up_front_and_searches_the_best(oute
 
 def test_outer_level_again_finds_every_parent_in_the_store(outer_search):
     """A resumed or repeated outer stage trains nothing: what a crash mid-stage relies on."""
-    from search.outer import pretrain_parents
+    from search.run.outer import pretrain_parents
     from search.space import load_space
 
     layout, _ = outer_search
@@ -211,7 +211,7 @@ def _records(*entries: tuple[float, float | None]) -> list[dict[str, Any]]:
 
 def test_outer_keep_ranks_by_the_parent_metric_and_drops_failed_parents(tiny_space):
     from compvae.errors import UserError
-    from search.outer import _keep
+    from search.run.outer import _keep
     from search.space import space_from_dict
 
     space = dict(tiny_space)

@@ -17,10 +17,11 @@ from _services import ray_head_and_mlflow_server
 from mlflow.tracking import MlflowClient
 
 from compvae.config import TrialConfig
+from search.analysis.results import COMPLETED, TrialSummary
 from search.cli import main
 from search.layout import SearchLayout, SearchState
-from search.results import COMPLETED, TrialSummary
-from search.tracking import PARENT_HASH_PARAM, TRIAL_ID_TAG
+from search.tracking.callback import PARENT_HASH_PARAM
+from search.tracking.client import TRIAL_ID_TAG
 
 
 @pytest.fixture(scope="module")

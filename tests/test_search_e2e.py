@@ -25,12 +25,13 @@ from ray.tune import ExperimentAnalysis
 
 from compvae.cli import main as compvae_main
 from compvae.config import TrialConfig
+from search.analysis.results import COMPLETED, FAILED, STOPPED, TrialSummary
 from search.cli import main
 from search.layout import SearchLayout, SearchState
-from search.results import COMPLETED, FAILED, STOPPED, TrialSummary
+from search.run.trainable import FAULT_ENV
 from search.space import load_space
-from search.tracking import PARENT_HASH_PARAM, TRIAL_ID_TAG
-from search.trainable import FAULT_ENV
+from search.tracking.callback import PARENT_HASH_PARAM
+from search.tracking.client import TRIAL_ID_TAG
 
 # trial_00001 of the search named e2e-multi raises once after its first epoch (see trainable).
 FAULT = "e2e-multi/trial_00001@1"

@@ -8,8 +8,9 @@ import optuna
 import pytest
 from optuna.samplers import GPSampler, NSGAIISampler, RandomSampler, TPESampler
 
-from search.samplers import TuneGridSampler, distributions, make_sampler, make_searcher
+from search.run.samplers import TuneGridSampler, make_sampler, make_searcher
 from search.space import space_from_dict
+from search.space.distributions import distributions
 
 
 def _space(tiny_space, **search):

@@ -22,10 +22,10 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from compvae.errors import ConfigError
+from search.analysis.groups import GROUP_METRICS, mean_ci, per_trial_frame, summarize
+from search.analysis.results import COMPLETED, STOPPED, TrialSummary, trials_frame
 from search.cli import main
-from search.groups import GROUP_METRICS, mean_ci, per_trial_frame, summarize
 from search.layout import SearchLayout, SearchState
-from search.results import COMPLETED, STOPPED, TrialSummary, trials_frame
 from search.space import load_space, space_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_ci_math_on_hand_built_trials() -> None:
 
 
 def test_group_by_must_be_a_config_field(tmp_path: Path) -> None:
-    from search.groups import group_report
+    from search.analysis.groups import group_report
 
     with pytest.raises(ConfigError, match="did you mean child.masking_mode"):
         group_report([_summary("a0", "none", 0, 0.1)], "child.masking_mod", tmp_path)

@@ -34,10 +34,11 @@ import ray
 from _services import ray_head_and_mlflow_server
 
 from compvae.config import TrialConfig
+from search.analysis.results import TrialSummary
 from search.cli import main
 from search.layout import SearchLayout, SearchState
-from search.results import TrialSummary
-from search.tracking import PARENT_HASH_PARAM, PARENT_REUSED, TRIAL_ID_TAG
+from search.tracking.callback import PARENT_HASH_PARAM, PARENT_REUSED
+from search.tracking.client import TRIAL_ID_TAG
 
 pytestmark = pytest.mark.slow  # ~2.5 min on 2 cores: .ci/run's slow pass
 

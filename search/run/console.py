@@ -14,8 +14,8 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from search.results import FINAL_FAILURE
-from search.tracking import trial_error, trial_label
+from search.analysis.results import FINAL_FAILURE
+from search.trials import final_epoch, trial_error, trial_label
 
 
 def _fmt(v: Any) -> str:
@@ -57,7 +57,7 @@ class ConsoleCallback(Callback):
         return " ".join(f"{m}={_fmt(result[m])}" for m in self.metrics if m in result)
 
     def _final(self, trial: Trial) -> int:
-        return int(trial.config.get("child.epochs", self.base_epochs))
+        return final_epoch(trial.config, self.base_epochs)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(f"{trial_label(trial)} started   {self._params(trial)}")

@@ -1,16 +1,7 @@
 """A space's outer level: train every distinct parent up front, then search on the strongest.
 
-Why a stage before the Tuner instead of letting trials share parents through the store alone:
-with parent knobs sampled per trial, two concurrent trials needing the same untrained parent
-leave one slot idle while the other trains it, and the sampler cannot prefer good parents
-before their children have run. Here the parents of ``outer.params`` (times the repeat seeds
-of a grid) are trained as Ray tasks with the trial's resources, ``max_concurrent`` at a time,
-straight into the search's parent store; every trial then reuses one (``parent/reused`` 1).
-With ``outer.keep`` only the best ``keep`` values by ``outer.rank_by`` go to the inner search.
-
-Resumable: a parent finished before a crash or Ctrl-C is in the store, a half-trained one
-resumes from its partial trainer state, and the stage's outcome is written last, atomically, to
-``outer.json`` (:func:`load_record`), so ``resume`` never re-ranks or retrains.
+So no trial waits on another's parent and the inner search can keep the best; resumable through
+the store and ``outer.json`` (docs/design.md, The outer stage).
 """
 
 from __future__ import annotations
@@ -22,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from compvae.errors import UserError
+from search.analysis.results import finite_number
 from search.layout import SearchLayout
 from search.space import SearchSpace
-from search.tracking import short_error
+from search.trials import short_error
 
 Printer = Callable[[str], None]
 
@@ -36,7 +28,7 @@ def _label(point: dict[str, Any]) -> str:
 def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
     """Ray task body: one parent trained (or found) and evaluated in the store."""
     from compvae.trial import prepare_parent
-    from search.trainable import hide_unassigned_gpus
+    from search.run.trainable import hide_unassigned_gpus
 
     hide_unassigned_gpus()
 
@@ -117,7 +109,7 @@ def _keep(space: SearchSpace, records: list[dict[str, Any]]) -> list[Any] | None
 
     def score(r: dict[str, Any]) -> float:
         v = r["metrics"].get(metric)
-        return sign * float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+        return sign * float(v) if finite_number(v) else -math.inf
 
     if outer.keep is not None and not any(metric in r["metrics"] for r in ok):
         raise UserError(f"outer.rank_by.metric: no parent reports {metric}; parent metrics are "

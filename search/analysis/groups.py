@@ -1,17 +1,6 @@
 """Grouped comparisons of a search: per value of one knob, mean and 95% CI of chosen metrics.
 
-A search answers "which config is best"; a *study* (a grid over one categorical knob crossed
-with seeds, e.g. ``spaces/study-masking.yaml``) answers "does this knob matter". That needs
-per-group statistics, not a ranking: ``compvae-search report NAME --group-by child.masking_mode``
-prints, per value of the knob, the number of trials and mean +/- 95% confidence half-width of
-:data:`GROUP_METRICS`, writes the same table as CSV and markdown, draws one strip/box panel per
-metric, and logs everything to the search's parent MLflow run next to the other report files.
-
-Only *complete* trials enter (status COMPLETED and the trial's final child epoch reached): an
-ASHA-cut trial stopped early on purpose, so its numbers would drag its group toward whatever
-ASHA disliked. The CI is Student's t, ``t_{0.975, n-1} * sd / sqrt(n)`` with the sample sd
-(ddof=1), because with 2-10 seeds per group a normal quantile would overstate the certainty;
-a group of one has no spread to estimate and gets a NaN half-width rather than a fake zero.
+Only complete trials enter, with Student's t intervals (docs/design.md, Grouped comparisons).
 """
 
 from __future__ import annotations
@@ -21,17 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from compvae.errors import ConfigError  # noqa: E402
-from search.results import TrialSummary, knob_value  # noqa: E402
-from search.space import SearchSpace, config_fields  # noqa: E402
+from compvae.errors import ConfigError
+from search.analysis.results import TrialSummary, finite_number, knob_value
+from search.space import SearchSpace, config_fields
 
 # The study's question in metrics: fine-factor disentanglement, overall disentanglement, the
 # reconstruction cost (whole image and inside the mask) and whether the mask found the object.
@@ -68,8 +54,7 @@ def per_trial_frame(summaries: list[TrialSummary], knob: str,
                                "train.seed": knob_value(s, "train.seed")}
         for m in metrics:
             v = s.metrics.get(m)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            row[m] = float(v) if ok else float("nan")  # type: ignore[arg-type]
+            row[m] = float(v) if finite_number(v) else float("nan")  # type: ignore[arg-type]
         rows.append(row)
     return pd.DataFrame(rows, columns=["trial", knob, "train.seed", *metrics])
 
@@ -187,7 +172,8 @@ def group_figure(per_trial: pd.DataFrame, summary: pd.DataFrame, knob: str, path
     groups = list(dict.fromkeys(summary["group"]))
     ncol = min(len(metrics), 3)
     nrow = math.ceil(len(metrics) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    fig = Figure(figsize=(4.2 * ncol, 3.4 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     rng = np.random.default_rng(0)  # fixed jitter: the same search draws the same figure
     for ax, m in zip(axes.flat, metrics, strict=False):
         data = [per_trial.loc[per_trial[knob] == g, m].dropna().to_numpy() for g in groups]
@@ -214,7 +200,6 @@ def group_figure(per_trial: pd.DataFrame, summary: pd.DataFrame, knob: str, path
     fig.suptitle(f"{title}  ({n_text})".strip(), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -239,7 +224,7 @@ def group_report(summaries: list[TrialSummary], knob: str, out_dir: Path, space:
                  parent_run_id: str | None = None) -> GroupReport:
     """Group complete trials by ``knob``, write ``by_<knob>.{csv,md,txt,png}`` and the per-trial
     values to ``out_dir``, and log them under ``report/`` of the parent run when a tracker (the
-    report's :class:`~search.tracking.MlflowTracker`) and run id are given."""
+    report's :class:`~search.tracking.client.MlflowTracker`) and run id are given."""
     check_knob(knob)
     per_trial = per_trial_frame(summaries, knob, metrics)
     if per_trial.empty:

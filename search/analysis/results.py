@@ -65,13 +65,14 @@ def knob_value(summary: TrialSummary, knob: str) -> Any:
     return summary.config.get(section, {}).get(name)
 
 
-def _finite(x: Any) -> bool:
+def finite_number(x: Any) -> bool:
+    """A real, finite number (not a bool, None, NaN or a string): what a metric value may be."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def objective_values(s: TrialSummary, space: SearchSpace) -> list[float] | None:
     vals = [s.metrics.get(m) for m in space.metrics]
-    return [float(v) for v in vals] if all(_finite(v) for v in vals) else None  # type: ignore[arg-type]
+    return [float(v) for v in vals] if all(finite_number(v) for v in vals) else None  # type: ignore[arg-type]
 
 
 def complete_trials(summaries: list[TrialSummary], space: SearchSpace) -> list[TrialSummary]:

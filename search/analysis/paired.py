@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from compvae.errors import ConfigError
-from search.groups import CONFIDENCE, check_knob, group_order, mean_ci
-from search.results import TrialSummary, knob_value
+from search.analysis.groups import CONFIDENCE, check_knob, group_order, mean_ci
+from search.analysis.results import TrialSummary, knob_value
 from search.space import SearchSpace
 
 #: The study's question: fine factors first, then what masking should and should not change.

@@ -1,27 +1,10 @@
 """The one Tune function trainable: a search trial is :func:`compvae.trial.run_trial`.
 
-Checkpointing: ``run_trial`` keeps its resumable state in ``<search>/trials/<trial>/state``
-(shared storage, written atomically file by file, one epoch at a time) and calls
-``report(metrics, epoch)`` once per child epoch *after* that epoch's state is on disk. The Tune
-checkpoint sent with each result is only a marker of that epoch. Why not snapshot the state
-into Tune: Tune deletes a trial's older checkpoint as soon as it registers a new one, but
-writes its experiment snapshot later, so a driver killed in between resumed onto a checkpoint
-that no longer existed and lost the trial. Markers are a few bytes, so Tune keeps them all
-(``num_to_keep=None``) and the state they stand for is never deleted under a snapshot. A
-retried trial (``FailureConfig``) or a resumed search continues from whatever epoch the state
-holds, which may be one epoch past the marker; the tracking callback never logs an epoch twice.
-The final epoch's result is held back until ``run_trial`` has written its outputs (see the end
-of :func:`trial_fn`).
+Its state lives in ``<search>/trials/<trial>/state`` and a Tune checkpoint is only an epoch marker,
+so Tune never deletes state a snapshot still needs (docs/design.md, The trainable).
 
-Outputs (``config.yaml``, ``metrics.json``, figures, weights) go to
-``<search>/trials/<trial name>/`` (absolute: Tune runs trials in their own working directory),
-where the driver's tracking callback logs them to MLflow. Each start appends a line to
-``attempts.jsonl`` there (time, resumed-from epoch), which makes retries and resumes visible.
-
-Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>`` in the environment of
-the Ray workers makes that trial raise once, right after reporting that epoch, on its first
-attempt only; it exercises retry-from-checkpoint with real Ray (tests set it before
-``ray.init``). It is inert unless the exact search and trial names match.
+Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>`` in the Ray workers' environment
+makes that trial raise once, right after reporting that epoch, on its first attempt only.
 """
 
 from __future__ import annotations
@@ -40,8 +23,8 @@ from ray import tune
 
 from compvae.config import TrialConfig
 from compvae.errors import TrialFailed
+from search.analysis.results import FINAL_FAILURE
 from search.layout import SearchLayout
-from search.results import FINAL_FAILURE
 
 FAULT_ENV = "COMPVAE_SEARCH_FAULT"
 EPOCH_FILE = "tune_epoch.json"

@@ -2,7 +2,7 @@
 
 Single objective: the top-k complete trials (``--top``, default 1). Multi-objective: every
 complete trial on the Pareto front (``--top`` keeps the first k by the first objective).
-"Complete" = ran to its own final child epoch (see :mod:`search.results`): an ASHA-cut trial's
+"Complete" = ran to its own final child epoch (see :mod:`search.analysis.results`): an ASHA-cut trial's
 truncated numbers cannot be compared with a finished one's.
 
 The YAML is the trial's own ``config.yaml`` as written by ``run_trial`` when present (the
@@ -22,8 +22,8 @@ from typing import Any
 from compvae.config import TrialConfig
 from compvae.errors import UserError
 from compvae.paths import check_folder
+from search.analysis.results import TrialSummary, best_trials
 from search.layout import SearchLayout, SearchState, driver_running
-from search.results import TrialSummary, best_trials
 from search.space import SearchSpace
 
 

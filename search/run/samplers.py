@@ -1,18 +1,5 @@
-"""Optuna side of a search: distributions, seeded samplers and the Tune searcher.
-
-Why a subclass of Ray's ``OptunaSearch``: two behaviours of the stock searcher do not fit
-trials whose objective can be final-epoch-only and which ASHA may cut short:
-
-* single-objective ``on_trial_result`` indexes ``result[metric]`` and raises on epochs that
-  do not carry the objective (``child/dci_*`` exists only after the last epoch), and keys
-  intermediate values by Tune's iteration counter, which repeats after a restore;
-* a trial stopped by ASHA reaches Optuna as COMPLETE with its truncated last value, so the
-  study's best trial / Pareto front can be a 1-epoch trial. Here it is told PRUNED instead
-  (TPE still learns from its intermediate values), so ``study.best_trials`` only holds
-  trials that ran their full budget.
-
-The study lives in the driver (the only process that touches it) in SQLite through
-``RDBStorage``: durable, so ``resume`` continues the same study.
+"""Seeded Optuna samplers and the Tune searcher, a subclass of Ray's ``OptunaSearch`` that skips
+epochs without the objective and tells ASHA-cut trials PRUNED (why: docs/design.md).
 """
 
 from __future__ import annotations
@@ -20,34 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from compvae.compat import study_trial_finished
 from search.space import SearchSpace
-
-
-def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
-    """Optuna distributions keyed by dotted TrialConfig field (Tune keeps the dots)."""
-    out: dict[str, BaseDistribution] = {}
-    for name, spec in space.params.items():
-        lo, hi = spec.bounds()
-        if spec.kind == "uniform":
-            out[name] = FloatDistribution(float(lo), float(hi))
-        elif spec.kind == "loguniform":
-            out[name] = FloatDistribution(float(lo), float(hi), log=True)
-        elif spec.kind == "int":
-            out[name] = IntDistribution(int(lo), int(hi))
-        else:
-            out[name] = CategoricalDistribution(spec.values())
-    if space.repeat_seeds():
-        out["train.seed"] = CategoricalDistribution(space.repeat_seeds())
-    return out
+from search.space.distributions import distributions
+from search.trials import final_epoch
 
 
 class TuneGridSampler(optuna.samplers.GridSampler):
@@ -88,14 +54,7 @@ class CompvaeOptunaSearch(OptunaSearch):
         self._final_epochs = final_epochs
 
     def _trial_final_epochs(self, result: dict[str, Any]) -> int:
-        """The trial's own child epoch budget (``child.epochs`` may itself be searched)."""
-        for key in ("config/child.epochs", "child.epochs"):
-            if key in result:
-                return int(result[key])
-        config = result.get("config")
-        if isinstance(config, dict) and "child.epochs" in config:
-            return int(config["child.epochs"])
-        return self._final_epochs
+        return final_epoch(result, self._final_epochs)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values keyed by child epoch (not Tune's iteration counter, which
@@ -111,7 +70,7 @@ class CompvaeOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         # A trial restarted after a killed driver may re-send results of a trial the study
         # already closed (told before the kill); its values are in the study already.
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+        if study_trial_finished(self._ot_study, ot_trial):
             return
         ot_trial.report(float(result[self.metric]), epoch)
         reported[trial_id] = epoch

@@ -1,6 +1,6 @@
 """The report of a search: trials table and figures, in ``<search>/report`` and in MLflow.
 
-Figures (matplotlib, Agg):
+Figures (matplotlib object API: importing this never changes the backend):
 
 * ``pareto_front.png`` (multi-objective: the first two objectives, front highlighted) or
   ``objective_history.png`` (single: each complete trial's objective and the best so far);
@@ -20,14 +20,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import optuna
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import optuna  # noqa: E402
-
-from search.layout import SearchLayout, SearchState  # noqa: E402
-from search.results import (  # noqa: E402
+from search.analysis.results import (
     TrialSummary,
     complete_trials,
     format_table,
@@ -35,8 +32,9 @@ from search.results import (  # noqa: E402
     pareto_front,
     trials_frame,
 )
-from search.samplers import distributions  # noqa: E402
-from search.space import SearchSpace  # noqa: E402
+from search.layout import SearchLayout, SearchState
+from search.space import SearchSpace
+from search.space.distributions import distributions
 
 
 def _position(space: SearchSpace, param: str, value: Any) -> float:
@@ -61,7 +59,8 @@ def objective_history(space: SearchSpace, done: list[TrialSummary], path: Path) 
     for y in ys:
         run = y if run is None else (max(run, y) if mode == "max" else min(run, y))
         best.append(run)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(range(len(ys)), ys, "o", label=metric)
     ax.step(range(len(ys)), best, where="post", label=f"best so far ({mode})")
     ax.set_xticks(range(len(ys)), [s.name.removeprefix("trial_") for s in order], rotation=60, fontsize=7)
@@ -70,14 +69,14 @@ def objective_history(space: SearchSpace, done: list[TrialSummary], path: Path) 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def pareto_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
     mx, my = space.metrics[0], space.metrics[1]
     front = pareto_front(done, space)
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     ax.scatter([s.metrics[mx] for s in done], [s.metrics[my] for s in done], c="0.6", label="complete trials")
     fx = sorted(front, key=lambda s: s.metrics[mx])
     ax.plot([s.metrics[mx] for s in fx], [s.metrics[my] for s in fx], "o-", c="C3", label="Pareto front")
@@ -88,7 +87,6 @@ def pareto_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> P
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -112,21 +110,19 @@ MIN_IMPORTANCE_TRIALS = 10
 
 def importance_figure(values: dict[str, float], metric: str, path: Path, num_trials: int = 0) -> Path:
     names = list(values)[::-1]
-    fig, ax = plt.subplots(figsize=(5, 0.4 * len(names) + 1.2))
+    fig = Figure(figsize=(5, 0.4 * len(names) + 1.2))
+    ax = fig.subplots()
     ax.barh(names, [values[n] for n in names])
     ax.set_xlabel(f"importance for {metric} (fANOVA)")
     if num_trials:
         ax.set_title(f"from {num_trials} complete trials", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def objective_vs_params_figure(space: SearchSpace, done: list[TrialSummary], path: Path) -> Path:
     """One panel per searched param: each complete trial's objective against its value."""
-    from matplotlib.figure import Figure
-
     params, metric = list(space.params), space.metrics[0]
     ncol = min(3, len(params))
     nrow = math.ceil(len(params) / ncol)
@@ -164,8 +160,9 @@ def parallel_figure(space: SearchSpace, done: list[TrialSummary], path: Path) ->
         cols.append([(v - lo) / (hi - lo) if hi > lo else 0.5 for v in raw])
     color_key = [float(s.metrics[space.metrics[0]]) for s in done]
     lo, hi = min(color_key), max(color_key)
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(1.3 * len(axes) + 2, 4))
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(1.3 * len(axes) + 2, 4))
+    ax = fig.subplots()
     for i in range(len(done)):
         c = cmap((color_key[i] - lo) / (hi - lo) if hi > lo else 0.5)
         ax.plot(range(len(axes)), [col[i] for col in cols], "-o", color=c, alpha=0.8, ms=3)
@@ -185,7 +182,6 @@ def parallel_figure(space: SearchSpace, done: list[TrialSummary], path: Path) ->
     ax.set_title(f"complete trials, colour = {space.metrics[0]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -1,0 +1,1 @@
+"""Reading a search: trial summaries, report, group and paired comparisons, export."""
