@@ -304,13 +304,13 @@ def test_compvae_train_bad_paths(argv, fragments, tmp_path, capsys):
 def test_compvae_train_late_bad_input_leaves_no_out(tmp_path, capsys, monkeypatch):
     """Bad input found during training (here: an image that turns unreadable after the up-front
     check) removes the --out folder the run created."""
-    import compvae.trial as trial
+    import compvae.pipeline.trial as trial
     from compvae.errors import DataError
 
     def unreadable(*args, **kwargs):
         raise DataError("img_7.png: unreadable image (OSError: truncated); replace or remove the file")
 
-    monkeypatch.setattr(trial, "_load_data", unreadable)
+    monkeypatch.setattr(trial, "load_data", unreadable)
     out = tmp_path / "out"
     rc = train_main(["train", "--preset", "tiny", "--out", str(out), "--quiet"])
     line = _one_line(capsys.readouterr().err)

@@ -151,7 +151,7 @@ def test_conditioning_gamma_is_a_fraction_of_the_run():
 
 def test_conditioning_switches_on_at_a_cpu_budget(monkeypatch):
     # tiny: 256 images / batch 32 = 8 steps x 2 epochs; the old 10k-step start never fired here
-    import compvae.trial as trial_module
+    import compvae.pipeline.objectives as trial_module
 
     calls: list[tuple[int, int, float]] = []
 
