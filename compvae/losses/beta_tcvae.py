@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
+from compvae.gaussian import kl_to_standard_normal
 from compvae.losses.tc import Estimator, kl_decomposition
 
 Recon = Literal["bernoulli", "gaussian"]
@@ -33,7 +34,7 @@ class PosteriorOutput(Protocol):
 
 def gaussian_kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Analytic KL(N(mu, exp(logvar)) || N(0, 1)) per latent, averaged over the batch: (D,)."""
-    return (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)).mean(dim=0)
+    return kl_to_standard_normal(mu, logvar).mean(dim=0)
 
 
 def reconstruction_loss(target: torch.Tensor, logits: torch.Tensor, recon: Recon = "bernoulli",

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from compvae.gaussian import kl_to_standard_normal
 from compvae.metrics._utils import as_codes, discrete_mutual_info, histogram_discretize
 
 
@@ -91,4 +92,4 @@ def per_latent_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     lv = as_codes(logvar, "logvar")
     if m.shape != lv.shape:
         raise ValueError(f"mu and logvar must have the same shape, got {m.shape} and {lv.shape}")
-    return (0.5 * (np.square(m) + np.exp(lv) - 1.0 - lv)).mean(axis=0)
+    return kl_to_standard_normal(m, lv).mean(axis=0)
