@@ -1,26 +1,14 @@
 """The one evaluation entry point: sample from a dataset, encode, score, return flat floats.
 
-``evaluate`` draws one training set (``num_train`` points) and one test set (``num_test``) of
-uniform factor draws through the ``GroundTruthData`` interface, renders and encodes them in
-bounded-memory batches, and shares them between MIG (train), DCI/SAP/modularity (train + test)
-and the unsupervised metrics (train). disentanglement_lib draws a fresh sample per metric; one
-shared sample gives the same estimators at a fraction of the encoding cost, and makes the
-metrics of one evaluation directly comparable. FactorVAE/BetaVAE draw their own structured
-batches, using ``num_train``/``num_test`` as their training/evaluation counts (the reference
-defaults are 10,000/5,000 for both, as ours).
-
-Every supervised score is also reported per factor group (``data.factor_groups``) with a
-``_<group>`` suffix: MIG/SAP/explicitness average their per-factor values over the group; DCI
-takes the group's columns of the importance matrix (D and C recomputed on the sub-matrix, I the
-group's mean accuracy); modularity uses the group's columns of the mutual information;
-FactorVAE/BetaVAE count only votes/points whose fixed factor is in the group.
+One shared train/test sample serves every metric that reads one, and each metric comes from its
+:mod:`~compvae.metrics.registry` entry, so this is a loop; see docs/design.md (One evaluation).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,30 +16,24 @@ from compvae.data.base import GroundTruthData
 from compvae.metrics._utils import (
     EncodeFn,
     auto_batch_size,
-    nanmean,
     sample_codes,
-    varying_factors,
 )
-from compvae.metrics.betavae import betavae_score
-from compvae.metrics.dci import ESTIMATORS, Estimator, dci, dci_from_importance
-from compvae.metrics.factorvae import factorvae_score, vote_accuracy
-from compvae.metrics.informativeness import informativeness_per_factor
-from compvae.metrics.mig import mig_per_factor
-from compvae.metrics.modularity import modularity_explicitness, modularity_from_mi
-from compvae.metrics.sap import sap_per_factor
-from compvae.metrics.unsupervised import (
-    active_units,
-    codes_mutual_info,
-    gaussian_total_correlation,
-    gaussian_wasserstein_correlation,
-)
+from compvae.metrics.dci import ESTIMATORS, Estimator
+from compvae.metrics.registry import REGISTRY, Context
 
 #: Metric names accepted by ``evaluate`` (the same literals as ``EvalConfig.metrics``).
-METRICS: tuple[str, ...] = ("mig", "dci", "sap", "modularity", "factorvae", "betavae", "informativeness",
-                            "unsupervised")
+METRICS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_METRICS: tuple[str, ...] = ("mig", "dci", "sap", "informativeness", "unsupervised")
-_NEEDS_TEST = ("dci", "sap", "modularity", "informativeness")
-_NEEDS_TRAIN = ("mig", "dci", "sap", "modularity", "informativeness", "unsupervised")
+#: Metrics of the cheap per-epoch evaluation (when the full one has them; else "unsupervised").
+LIGHT_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY.values() if m.light)
+
+
+def light_settings(metrics: Sequence[str], num_train: int, num_test: int, light_points: int) -> dict[str, Any]:
+    """The ``evaluate`` arguments of the light evaluation of a run whose full one is ``metrics``
+    at ``num_train``/``num_test``: the light metrics at ``light_points``, fast DCI."""
+    n = min(light_points, num_train)
+    return {"metrics": [m for m in metrics if m in LIGHT_METRICS] or ["unsupervised"], "num_train": n,
+            "num_test": min(max(n // 2, 10), num_test), "dci_estimator": "fast"}
 
 
 class _Flat(dict[str, float]):
@@ -103,84 +85,24 @@ def evaluate(data: GroundTruthData, encode_fn: EncodeFn, rng: np.random.Generato
     chunk = auto_batch_size(data, batch_size)
     out = _Flat()
 
+    ctx = Context(data, encode_fn, rng, num_train, num_test, dci_estimator, num_bins, active, chunk)
     tick = time.perf_counter()
-    train = test = None
-    if any(m in _NEEDS_TRAIN for m in run):
-        train = sample_codes(data, encode_fn, num_train, rng, chunk)
-    if any(m in _NEEDS_TEST for m in run):
-        test = sample_codes(data, encode_fn, num_test, rng, chunk)
+    if any("train" in REGISTRY[m].needs for m in run):
+        ctx.train = sample_codes(data, encode_fn, num_train, rng, chunk)
+    if any("test" in REGISTRY[m].needs for m in run):
+        ctx.test = sample_codes(data, encode_fn, num_test, rng, chunk)
     out.put("eval_seconds_sampling", time.perf_counter() - tick)
 
     for name in run:
         tick = time.perf_counter()
-        if name == "mig":
-            assert train is not None
-            per = mig_per_factor(train[0], train[1], num_bins)
-            out.put("mig", nanmean(per))
+        entry = REGISTRY[name]
+        values, result = entry.score(ctx)
+        for key, value in values.items():
+            out.put(key, value)
+        if entry.per_group is not None:
             for g, idx in groups.items():
-                out.put(f"mig_{g}", nanmean(per[idx]))
-        elif name == "dci":
-            assert train is not None and test is not None
-            res = dci(train[0], train[1], test[0], test[1], estimator=dci_estimator,
-                      random_state=int(rng.integers(2**31 - 1)))
-            for key in ("disentanglement", "completeness", "informativeness", "informativeness_train"):
-                out.put(f"dci_{key}", res[key])
-            out.put("dci_faithful", 1.0 if dci_estimator == "faithful" else 0.0)
-            for g, idx in groups.items():
-                sub = dci_from_importance(res["importance"][:, idx])
-                out.put(f"dci_disentanglement_{g}", sub["disentanglement"])
-                out.put(f"dci_completeness_{g}", sub["completeness"])
-                out.put(f"dci_informativeness_{g}", nanmean(res["test_accuracy"][idx]))
-        elif name == "sap":
-            assert train is not None and test is not None
-            per = sap_per_factor(train[0], train[1], test[0], test[1])
-            out.put("sap", nanmean(per))
-            for g, idx in groups.items():
-                out.put(f"sap_{g}", nanmean(per[idx]))
-        elif name == "modularity":
-            assert train is not None and test is not None
-            res = modularity_explicitness(train[0], train[1], test[0], test[1], num_bins)
-            out.put("modularity", res["modularity"])
-            out.put("explicitness", res["explicitness"])
-            out.put("explicitness_train", res["explicitness_train"])
-            varying = varying_factors(train[1])
-            for g, idx in groups.items():
-                cols = idx[varying[idx]]
-                mod = modularity_from_mi(res["mutual_information"][:, cols]) if cols.size else math.nan
-                out.put(f"modularity_{g}", mod)
-                out.put(f"explicitness_{g}", nanmean(res["explicitness_per_factor"][idx]))
-        elif name == "factorvae":
-            res = factorvae_score(data, encode_fn, rng, num_train=num_train, num_eval=num_test,
-                                  num_variance_estimate=num_train, images_per_call=chunk)
-            out.put("factorvae", res["eval_accuracy"])
-            out.put("factorvae_train", res["train_accuracy"])
-            out.put("factorvae_active_dims", res["num_active_dims"])
-            for g, idx in groups.items():
-                acc = vote_accuracy(res["eval_votes"], res["classifier"], idx) if res["num_active_dims"] else 0.0
-                out.put(f"factorvae_{g}", acc)
-        elif name == "betavae":
-            res = betavae_score(data, encode_fn, rng, num_train=num_train, num_eval=num_test,
-                                images_per_call=chunk)
-            out.put("betavae", res["eval_accuracy"])
-            out.put("betavae_train", res["train_accuracy"])
-            for g, idx in groups.items():
-                sel = np.isin(res["eval_labels"], idx)
-                out.put(f"betavae_{g}", float(res["eval_correct"][sel].mean()) if sel.any() else math.nan)
-        elif name == "informativeness":
-            assert train is not None and test is not None
-            per = informativeness_per_factor(train[0], train[1], test[0], test[1], active,
-                                             random_state=int(rng.integers(2**31 - 1)))
-            out.put("informativeness", nanmean(per))
-            out.put("active_latents", float(train[0].shape[1] if active is None else np.sum(active)))
-            for g, idx in groups.items():
-                out.put(f"{g}_informativeness", nanmean(per[idx]))
-        elif name == "unsupervised":
-            assert train is not None
-            codes = train[0]
-            out.put("gaussian_tc", gaussian_total_correlation(codes))
-            out.put("gaussian_wasserstein_corr", gaussian_wasserstein_correlation(codes))
-            out.put("codes_mutual_info", codes_mutual_info(codes, num_bins))
-            out.put("active_units", active_units(codes))
+                for key, value in entry.per_group(ctx, result, g, idx).items():
+                    out.put(key, value)
         out.put(f"eval_seconds_{name}", time.perf_counter() - tick)
 
     out.put("eval_seconds", time.perf_counter() - start)

@@ -17,6 +17,7 @@ from compvae.masks import (
     eval_mode,
 )
 from compvae.metrics import evaluate, masked_recon_error, pixel_mse
+from compvae.metrics.evaluate import light_settings
 from compvae.metrics.informativeness import active_latents
 from compvae.metrics.unsupervised import per_latent_kl
 from compvae.models import VAE
@@ -24,9 +25,6 @@ from compvae.models.vae import VAEOutput
 from compvae.pipeline.data import TrialData
 from compvae.pipeline.masking import ENCODE_BATCH, Masker
 from compvae.pipeline.state import CHILD_EVAL, PARENT_EVAL, stream
-
-# Metrics of the per-epoch (light) evaluation, when the final one has them.
-LIGHT_METRICS = ("mig", "informativeness")
 
 
 def child_codes_fn(cfg: TrialConfig, masker: Masker, child: VAE, device: torch.device):
@@ -81,7 +79,7 @@ def evaluate_parent(cfg: TrialConfig, data: TrialData, parent: VAE) -> dict[str,
 def evaluate_child(cfg: TrialConfig, data: TrialData, masker: Masker, child: VAE, active: np.ndarray,
                     full: bool, rng: np.random.Generator | None = None) -> dict[str, float]:
     """The final evaluation (``eval`` sizes and metrics) or the cheap per-epoch one that feeds
-    ASHA (``eval.light_points``, MIG and informativeness only)."""
+    ASHA (:func:`compvae.metrics.evaluate.light_settings`)."""
     device = next(child.parameters()).device
     encode = child_codes_fn(cfg, masker, child, device)
     if full:
@@ -90,11 +88,8 @@ def evaluate_child(cfg: TrialConfig, data: TrialData, masker: Masker, child: VAE
                                             num_train=cfg.eval.num_train, num_test=cfg.eval.num_test,
                                             dci_estimator=cfg.eval.dci_estimator, active=active))
     assert rng is not None
-    n = min(cfg.eval.light_points, cfg.eval.num_train)
-    light = [m for m in cfg.eval.metrics if m in LIGHT_METRICS] or ["unsupervised"]
-    return prefixed("child/", evaluate(data.child_data, encode, rng, metrics=light, num_train=n,
-                                        num_test=min(max(n // 2, 10), cfg.eval.num_test),
-                                        dci_estimator="fast", active=active))
+    light = light_settings(cfg.eval.metrics, cfg.eval.num_train, cfg.eval.num_test, cfg.eval.light_points)
+    return prefixed("child/", evaluate(data.child_data, encode, rng, active=active, **light))
 
 
 @torch.no_grad()
