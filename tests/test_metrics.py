@@ -1,4 +1,4 @@
-"""Value tests for compvae.metrics: sanity checks from method.md plus closed forms.
+"""Value tests for compvae.metrics: sanity checks of the method plus closed forms.
 
 Sizes are small on purpose (2-core shared machine): the faithful GBT only runs on a few hundred
 points; everything else uses a few thousand at most.
