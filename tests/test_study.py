@@ -83,9 +83,13 @@ def test_shipped_study_spaces_are_the_promised_grids() -> None:
     assert cpu.search.sampler == "grid" and cpu.search.scheduler is None
     grid = cpu.grid_values()
     assert grid[KNOB] == ["none", "input", "loss", "both"] and len(grid["train.seed"]) >= 6
-    assert grid["mask.source"] == ["parent", "oracle"] and grid["child.parent_code"] == ["none", "decoder"]
-    assert cpu.num_trials == 16 * len(grid["train.seed"])
+    assert grid["child.parent_code"] == ["none", "decoder"] and cpu.base_config().mask.source == "parent"
+    assert cpu.num_trials == 8 * len(grid["train.seed"])
     assert cpu.metrics == ["child/fine_informativeness"] and cpu.base_config().data.name == "scenes"
+    control = load_space(REPO / "spaces" / "control.yaml")
+    assert control.base_config().mask.source == "oracle" and control.search.scheduler is None
+    assert control.grid_values()[KNOB] == ["none", "input", "loss", "both"]
+    assert len(control.grid_values()["train.seed"]) >= 5
     gpu = load_space(REPO / "spaces" / "study-masking-gpu.yaml")
     assert gpu.search.sampler == "grid" and gpu.search.scheduler is None
     assert gpu.grid_values()[KNOB] == ["none", "input", "loss", "both"]
