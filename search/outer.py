@@ -34,21 +34,24 @@ def _label(point: dict[str, Any]) -> str:
 
 
 def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
-    """Ray task body: one parent trained (or found) and evaluated in the store."""
+    """Ray task body: one parent trained (or found) and evaluated in the store, with the Ray
+    node it ran on (which node trained what is otherwise lost with the task)."""
+    import ray
+
     from compvae.trial import prepare_parent
     from search.trainable import hide_unassigned_gpus
 
     hide_unassigned_gpus()
-
-    return prepare_parent(config, store)
+    return {**prepare_parent(config, store), "node": ray.get_runtime_context().get_node_id()}
 
 
 def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> dict[str, Any]:
     """Train the outer level's parents; return the record the driver writes to ``outer.json``.
 
     The record: ``points`` (one per parent: its knob values, store key, metrics, seconds,
-    whether it was already stored, or its error), and ``kept`` (the values of the single outer
-    param passed to the inner search, or None when the inner search keeps the space as is).
+    whether it was already stored, the Ray node it ran on, or its error), and ``kept`` (the
+    values of the single outer param passed to the inner search, or None when the inner search
+    keeps the space as is).
     """
     import ray
 
