@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -101,6 +99,35 @@ def ray_head_and_mlflow_server(tmp: Path, ray_port: int, mlflow_port: int,
             current.unlink()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from /proc (Linux; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """The process's command line (its title, for a Ray worker: ``ray::ImplicitFunc.train``)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def processes(ancestor: int, title: str) -> list[int]:
+    """Descendants of ``ancestor`` whose command line starts with ``title``: only the processes a
+    test started itself, never another session's Ray workers."""
+    return [pid for pid in descendants(ancestor) if cmdline(pid).startswith(title)]
+
+
 @dataclass
 class TwoNodeCluster:
     """A head node with no CPUs and one worker node holding them all, on 127.0.0.1: every task
@@ -108,28 +135,12 @@ class TwoNodeCluster:
 
     address: str
     env: dict[str, str]  # for a driver or CLI joining it: the token, this checkout on PYTHONPATH
-    worker: subprocess.Popen
     worker_node_id: str
     raylet_pid: int
 
-    def workers(self, title: str) -> list[psutil.Process]:
-        """The worker node's Ray workers whose process title starts with ``title`` (e.g.
-        ``ray::ImplicitFunc.train``): only this cluster's, never another session's Ray."""
-        found = []
-        for proc in psutil.Process(self.raylet_pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if " ".join(proc.cmdline()).startswith(title):
-                    found.append(proc)
-        return found
-
-
-def _raylet(group: subprocess.Popen) -> psutil.Process | None:
-    with contextlib.suppress(psutil.Error):
-        for proc in psutil.Process(group.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if proc.name() == "raylet":
-                    return proc
-    return None
+    def workers(self, title: str) -> list[int]:
+        """The worker node's Ray workers whose process title starts with ``title``."""
+        return processes(self.raylet_pid, title)
 
 
 @contextlib.contextmanager
@@ -159,11 +170,11 @@ def two_node_cluster(tmp: Path, port: int) -> Iterator[TwoNodeCluster]:
                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=node_env))
         wait_for(lambda: "Ray runtime started" in worker_log.read_text(), procs[1], worker_log,
                  "ray start --address (worker node)")
-        raylet = _raylet(procs[1])
+        raylet = next((p for p in descendants(procs[1].pid) if "/raylet " in cmdline(p)), None)
         assert raylet is not None, worker_log.read_text()[-2000:]
-        node_id = re.search(r"--node_id=([0-9a-f]+)", " ".join(raylet.cmdline()))
-        assert node_id, raylet.cmdline()
-        yield TwoNodeCluster(address, env, procs[1], node_id.group(1), raylet.pid)
+        node_id = re.search(r"--node_id=([0-9a-f]+)", cmdline(raylet))
+        assert node_id, cmdline(raylet)
+        yield TwoNodeCluster(address, env, node_id.group(1), raylet)
     finally:
         for proc in reversed(procs):
             stop_group(proc)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from _checks import check_stores
-from _services import http_ok, start_mlflow_server, stop_group, two_node_cluster, wait_for
+from _services import cmdline, http_ok, start_mlflow_server, stop_group, two_node_cluster, wait_for
 from mlflow.tracking import MlflowClient
 
 from compvae.config import TrialConfig
@@ -147,12 +147,12 @@ class _Chaos(threading.Thread):
                 self.stop.wait(0.2)
                 continue
             victim = self.rng.choice(victims)
+            title = cmdline(victim)
             try:
-                title = " ".join(victim.cmdline())
-                victim.send_signal(signal.SIGKILL)
-            except Exception:  # it ended by itself meanwhile
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:  # it ended by itself meanwhile
                 continue
-            self.killed.append((title, victim.pid))
+            self.killed.append((title, victim))
             self.stop.wait(self.rng.uniform(3.0, 8.0))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from _checks import check_stores as _check_stores
-from _services import http_ok, start_mlflow_server, stop_group
+from _services import http_ok, processes, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
@@ -275,6 +275,46 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
             values = {k: v for k, v in p["metrics"].items() if "seconds" not in k}  # timings differ
             assert {k: fresh["metrics"][k] for k in values} == pytest.approx(values, rel=1e-6)
             assert values["parent/recon_error"] > 0
+
+
+# ---- the worker training an outer parent is killed ----------------------------------------------
+@pytest.mark.slow  # ~1.5 min on 2 busy cores
+def test_killed_outer_parent_worker_is_retried_and_the_parent_kept(tmp_path):
+    """A parent whose Ray worker dies is a transient fault, like a killed trial: the task is retried
+    (search.max_failures) from the parent's partial state, not recorded as a failed parent and
+    dropped from the inner search (found by the chaos soak, tests/test_cluster_soak.py)."""
+    from search.outer import load_record
+
+    data = {
+        "name": "outer-kill", "preset": "tiny",
+        "base": {"data": {"num_train": 1024}, "parent": {"epochs": 20}},
+        "params": {"parent.beta": {"choice": [1.0, 2.0]}},
+        "outer": {"params": ["parent.beta"]},
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
+                   "resources": {"cpus": 1, "gpus": 0}},
+    }
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _launch(tmp_path, space, "outerkill")
+    layout = SearchLayout(tmp_path / "s" / "outerkill")
+    _wait(lambda: layout.parents_dir.is_dir() and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")),
+          proc, "a parent part-way through training")
+    # the workers running search.outer._prepare: descendants of this driver's own local Ray
+    workers = processes(proc.pid, "ray::_prepare")
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert "FAILED" not in out, out
+    record = load_record(layout)
+    assert record is not None and record["kept"] is None
+    assert all("error" not in p for p in record["points"]), record
+    summaries = TrialSummary.load_all(layout)
+    assert len(summaries) == 2 and all(s.status == COMPLETED and s.metrics["parent/reused"] == 1.0
+                                       for s in summaries)
+    _check_stores(layout)
 
 
 # ---- the write journal itself (fast: a dead URL, then a real SQLite store) ----------------------
