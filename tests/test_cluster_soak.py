@@ -129,18 +129,23 @@ def test_two_node_cluster_search_runs_on_the_worker_node_and_exports(cluster, tm
 
 
 class _Chaos(threading.Thread):
-    """SIGKILLs a random worker running a trial (or, first, an outer parent) every few seconds,
-    at most ``budget`` times and for at most ``seconds``; seeded, so a failure can be replayed."""
+    """SIGKILLs a random worker running a trial (or, first, an outer parent) every few seconds:
+    ``before`` times, then (once ``go_on`` is set: the driver was killed) ``after`` more, within
+    ``seconds`` in all. Seeded, so a failure can be replayed."""
 
-    def __init__(self, nodes: Any, budget: int, seconds: float, seed: int = 0) -> None:
+    def __init__(self, nodes: Any, before: int, after: int, seconds: float, seed: int = 0) -> None:
         super().__init__(daemon=True)
-        self.nodes, self.budget, self.deadline = nodes, budget, time.monotonic() + seconds
+        self.nodes, self.before, self.budget = nodes, before, before + after
+        self.deadline = time.monotonic() + seconds
         self.rng = random.Random(seed)
-        self.killed: list[tuple[str, int]] = []
-        self.stop = threading.Event()
+        self.killed: list[tuple[float, str, int]] = []  # (time, title, pid)
+        self.go_on, self.stop = threading.Event(), threading.Event()
 
     def run(self) -> None:
         while len(self.killed) < self.budget and time.monotonic() < self.deadline and not self.stop.is_set():
+            if len(self.killed) >= self.before and not self.go_on.is_set():
+                self.go_on.wait(0.5)
+                continue
             titles = [TRIAL_TITLE] if self.killed else [PARENT_TITLE, TRIAL_TITLE]
             victims = [p for t in titles for p in self.nodes.workers(t)]
             if not victims:
@@ -152,21 +157,22 @@ class _Chaos(threading.Thread):
                 os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:  # it ended by itself meanwhile
                 continue
-            self.killed.append((title, victim))
+            self.killed.append((time.monotonic(), title, victim))
             self.stop.wait(self.rng.uniform(3.0, 8.0))
 
 
 def test_chaos_soak_killed_workers_and_driver_then_resume(cluster, tmp_path):
     nodes, mlflow_url = cluster
-    num_trials, budget = 12, 5
-    space = _space(tmp_path, sampler="tpe", seed=0, num_samples=num_trials, max_failures=budget)
+    num_trials, before, after = 12, 3, 2
+    # every kill could hit one trial: max_failures covers them all, so every trial must complete
+    space = _space(tmp_path, sampler="tpe", seed=0, num_samples=num_trials, max_failures=before + after)
     data = yaml.safe_load(space.read_text())
     data["params"]["child.beta"] = {"loguniform": [1.0, 8.0]}
-    data["base"] = {"child": {"epochs": 3}}
+    data["base"] = {"child": {"epochs": 3}}  # checkpoints to resume from
     space.write_text(yaml.safe_dump(data, sort_keys=False))
     storage = tmp_path / "s"
     layout = SearchLayout(storage / "soak")
-    chaos = _Chaos(nodes, budget=budget, seconds=180)
+    chaos = _Chaos(nodes, before=before, after=after, seconds=200, seed=int(os.environ.get("SOAK_SEED", "0")))
     driver = subprocess.Popen(
         [sys.executable, "-m", "search.cli", "launch", str(space), "--storage", str(storage), "--name", "soak",
          "--address", nodes.address, "--mlflow-uri", mlflow_url], cwd=tmp_path, env=nodes.env,
@@ -174,27 +180,35 @@ def test_chaos_soak_killed_workers_and_driver_then_resume(cluster, tmp_path):
     chaos.start()
     try:
         deadline = time.monotonic() + 240
-        while True:  # the driver dies once some trials are done and chaos has struck twice
+        while True:  # the driver dies once some trials are done and chaos has struck `before` times
             done = [s for s in TrialSummary.load_all(layout) if s.status == COMPLETED]
-            if len(done) >= num_trials // 3 and len(chaos.killed) >= 2:
+            if len(done) >= num_trials // 3 and len(chaos.killed) >= before:
                 break
             assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
             assert time.monotonic() < deadline, (len(done), chaos.killed)
             time.sleep(0.3)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
+        killed_driver_at = time.monotonic()
+        running = [s.name for s in TrialSummary.load_all(layout) if s.status == "RUNNING"]
+        chaos.go_on.set()  # the rest of the kills hit the resumed search
         _cli("search.cli", "resume", "soak", "--storage", str(storage), env=nodes.env, cwd=tmp_path, timeout=400)
     finally:
         chaos.stop.set()
         chaos.join(timeout=10)
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    print(f"chaos killed {len(chaos.killed)}: {chaos.killed}")
-    assert len(chaos.killed) >= 3, chaos.killed
+    print(f"chaos: {[(title, pid) for _, title, pid in chaos.killed]}; driver killed with {running} running")
+    assert len(chaos.killed) >= before + 1, chaos.killed
+    assert any(t > killed_driver_at for t, _, _ in chaos.killed), "no kill hit the resumed search"
 
     summaries = TrialSummary.load_all(layout)
     assert len(summaries) == num_trials, [(s.name, s.status) for s in summaries]
     assert all(s.status == COMPLETED for s in summaries), [(s.name, s.status, s.error) for s in summaries]
+    for s in summaries:  # every attempt in a trial's folder was that trial's (nothing taken over)
+        attempts = _attempts(layout, s.name)
+        assert attempts and {a["trial_id"] for a in attempts} == {s.trial_id}, (s.name, s.trial_id, attempts)
+        assert all(a["node"] == nodes.worker_node_id for a in attempts)
     record = load_record(layout)
     assert record is not None and all("error" not in p for p in record["points"]), record
     check_stores(layout, MlflowClient(mlflow_url))
