@@ -180,9 +180,12 @@ def test_chaos_soak_killed_workers_and_driver_then_resume(cluster, tmp_path):
     chaos.start()
     try:
         deadline = time.monotonic() + 240
-        while True:  # the driver dies once some trials are done and chaos has struck `before` times
-            done = [s for s in TrialSummary.load_all(layout) if s.status == COMPLETED]
-            if len(done) >= num_trials // 3 and len(chaos.killed) >= before:
+        while True:  # the driver dies once some trials are done, chaos has struck `before` times,
+            # and a trial is between its checkpoints (so resume has one to continue from)
+            summaries = TrialSummary.load_all(layout)
+            done = [s for s in summaries if s.status == COMPLETED]
+            midway = [s for s in summaries if s.status == "RUNNING" and s.epoch >= 1]
+            if len(done) >= num_trials // 3 and len(chaos.killed) >= before and midway:
                 break
             assert driver.poll() is None, driver.stdout.read() if driver.stdout else ""
             assert time.monotonic() < deadline, (len(done), chaos.killed)
