@@ -1,10 +1,14 @@
-"""Real services for the cluster, UI and fault tests: a `ray start --head` node and an
-`mlflow server`, started in their own process groups so a test can stop exactly what it started."""
+"""Real services for the cluster, UI and fault tests: a `ray start --head` node (alone, or with
+a second, worker node), and an `mlflow server`, started in their own process groups so a test
+can stop exactly what it started."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +16,10 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def start_ray_head(port: int, log: Path) -> subprocess.Popen:
@@ -90,3 +97,85 @@ def ray_head_and_mlflow_server(tmp: Path, ray_port: int, mlflow_port: int,
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{ray_port}"):
             current.unlink()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from /proc (Linux; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """The process's command line (its title, for a Ray worker: ``ray::ImplicitFunc.train``)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def processes(ancestor: int, title: str) -> list[int]:
+    """Descendants of ``ancestor`` whose command line starts with ``title``: only the processes a
+    test started itself, never another session's Ray workers."""
+    return [pid for pid in descendants(ancestor) if cmdline(pid).startswith(title)]
+
+
+@dataclass
+class TwoNodeCluster:
+    """A head node with no CPUs and one worker node holding them all, on 127.0.0.1: every task
+    and actor needing a CPU (trials, outer parents) runs on the worker node."""
+
+    address: str
+    env: dict[str, str]  # for a driver or CLI joining it: the token, this checkout on PYTHONPATH
+    worker_node_id: str
+    raylet_pid: int
+
+    def workers(self, title: str) -> list[int]:
+        """The worker node's Ray workers whose process title starts with ``title``."""
+        return processes(self.raylet_pid, title)
+
+
+@contextlib.contextmanager
+def two_node_cluster(tmp: Path, port: int) -> Iterator[TwoNodeCluster]:
+    """`ray start --head --num-cpus 0` and `ray start --address` (2 CPUs), both on loopback, with
+    token auth (what Ray 2.59+ clusters use; one random token in every node's environment) and
+    this checkout on PYTHONPATH (workers import the code under test, not an installed copy).
+    Both nodes share the head's short temp dir (Unix socket paths are limited to 107 bytes)."""
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    node_env = {**env, "RAY_AUTH_MODE": "token"}
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    head_log, worker_log = tmp / "ray-head.log", tmp / "ray-worker.log"
+    address = f"127.0.0.1:{port}"
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(head_log, "a") as fh:
+            procs.append(subprocess.Popen(
+                ["ray", "start", "--head", "--port", str(port), "--num-cpus", "0", "--temp-dir", str(temp),
+                 "--include-dashboard=false", *common],
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=node_env))
+        wait_for(lambda: "Ray runtime started" in head_log.read_text(), procs[0], head_log, "ray start --head")
+        with open(worker_log, "a") as fh:
+            procs.append(subprocess.Popen(
+                ["ray", "start", "--address", address, "--num-cpus", "2", *common],
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=node_env))
+        wait_for(lambda: "Ray runtime started" in worker_log.read_text(), procs[1], worker_log,
+                 "ray start --address (worker node)")
+        raylet = next((p for p in descendants(procs[1].pid) if "/raylet " in cmdline(p)), None)
+        assert raylet is not None, worker_log.read_text()[-2000:]
+        node_id = re.search(r"--node_id=([0-9a-f]+)", cmdline(raylet))
+        assert node_id, cmdline(raylet)
+        yield TwoNodeCluster(address, env, node_id.group(1), raylet)
+    finally:
+        for proc in reversed(procs):
+            stop_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)

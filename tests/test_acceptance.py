@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
-    cfg = preset("quick").with_updates({"train.device": "cpu"})
+    # the mask pipeline's calibration data: one object on black (scenes' broad parent masks are
+    # what the study measures, docs/benchmark.md)
+    cfg = preset("quick").with_updates({"train.device": "cpu", "data.name": "shapes"})
     metrics = run_trial(cfg, out_dir=out)
     return cfg, metrics, out
 

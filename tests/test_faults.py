@@ -22,12 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 import yaml
-from _services import http_ok, start_mlflow_server, stop_group
+from _checks import check_stores as _check_stores
+from _services import http_ok, processes, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
-from ray.tune import ExperimentAnalysis
 
 from search.analysis.results import COMPLETED, FAILED, TrialSummary
 from search.cli import main
@@ -97,41 +96,6 @@ def _summary(layout: SearchLayout, trial: str) -> TrialSummary | None:
 def _attempts(layout: SearchLayout, trial: str) -> list[dict[str, Any]]:
     path = layout.trial_dir(trial) / "attempts.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-
-
-def _check_stores(layout: SearchLayout, client: MlflowClient | None = None) -> dict[str, Any]:
-    """Every trial ends exactly once in Tune, Optuna and MLflow; the parent run is closed and no
-    run is left RUNNING. Returns the nested runs by trial name."""
-    state = SearchState.load(layout)
-    assert state.status == "finished"
-    summaries = TrialSummary.load_all(layout)
-    analysis = ExperimentAnalysis(str(layout.tune_dir))
-    assert sorted(t.trial_id for t in analysis.trials) == sorted(s.trial_id for s in summaries)
-    tune_status = {t.trial_id: t.status for t in analysis.trials}
-    for s in summaries:
-        assert tune_status[s.trial_id] == ("ERROR" if s.status == FAILED else "TERMINATED"), (s.name, s.status)
-    study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
-    assert "RUNNING" not in {t.state.name for t in study.trials}
-    # a SIGKILL between Optuna's ask and Tune's snapshot orphans a study trial: closed as FAIL
-    owned = [t for t in study.trials if "orphaned" not in t.user_attrs]
-    assert all(t.state.name == "FAIL" for t in study.trials if "orphaned" in t.user_attrs)
-    assert len(owned) == len(summaries)
-    assert sorted(t.state.name for t in owned) == sorted(
-        "FAIL" if s.status == FAILED else "COMPLETE" for s in summaries)
-    client = client or MlflowClient(state.mlflow_uri)
-    assert client.get_run(state.mlflow_parent_run_id).info.status == "FINISHED"
-    runs = client.search_runs([state.mlflow_experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{state.mlflow_parent_run_id}'")
-    assert sorted(r.data.tags[TRIAL_ID_TAG] for r in runs) == sorted(s.trial_id for s in summaries)  # no dupes
-    by_name = {r.info.run_name: r for r in runs}
-    for s in summaries:
-        run = by_name[s.name]
-        assert run.info.status == ("FAILED" if s.status == FAILED else "FINISHED"), (s.name, run.info.status)
-        assert s.mlflow_run_id == run.info.run_id
-        if s.status == COMPLETED:  # each epoch logged exactly once
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, "child/train_loss")]
-            assert steps == list(range(1, s.epoch + 1)), (s.name, steps)
-    return by_name
 
 
 # ---- a trial whose loss goes NaN ------------------------------------------------------------------
@@ -312,6 +276,46 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
             values = {k: v for k, v in p["metrics"].items() if "seconds" not in k}  # timings differ
             assert {k: fresh["metrics"][k] for k in values} == pytest.approx(values, rel=1e-6)
             assert values["parent/recon_error"] > 0
+
+
+# ---- the worker training an outer parent is killed ----------------------------------------------
+@pytest.mark.slow  # ~1.5 min on 2 busy cores
+def test_killed_outer_parent_worker_is_retried_and_the_parent_kept(tmp_path):
+    """A parent whose Ray worker dies is a transient fault, like a killed trial: the task is retried
+    (search.max_failures) from the parent's partial state, not recorded as a failed parent and
+    dropped from the inner search (found by the chaos soak, tests/test_cluster_soak.py)."""
+    from search.run.outer import load_record
+
+    data = {
+        "name": "outer-kill", "preset": "tiny",
+        "base": {"data": {"num_train": 1024}, "parent": {"epochs": 20}},
+        "params": {"parent.beta": {"choice": [1.0, 2.0]}},
+        "outer": {"params": ["parent.beta"]},
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
+                   "resources": {"cpus": 1, "gpus": 0}},
+    }
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _launch(tmp_path, space, "outerkill")
+    layout = SearchLayout(tmp_path / "s" / "outerkill")
+    _wait(lambda: layout.parents_dir.is_dir() and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")),
+          proc, "a parent part-way through training")
+    # the workers running search.run.outer._prepare: descendants of this driver's own local Ray
+    workers = processes(proc.pid, "ray::_prepare")
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert "FAILED" not in out, out
+    record = load_record(layout)
+    assert record is not None and record["kept"] is None
+    assert all("error" not in p for p in record["points"]), record
+    summaries = TrialSummary.load_all(layout)
+    assert len(summaries) == 2 and all(s.status == COMPLETED and s.metrics["parent/reused"] == 1.0
+                                       for s in summaries)
+    _check_stores(layout)
 
 
 # ---- the write journal itself (fast: a dead URL, then a real SQLite store) ----------------------

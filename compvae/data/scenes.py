@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compvae.data._resize import check_channels, check_resolution
-from compvae.data.base import GroundTruthData
+from compvae.data._procedural import ProceduralData
+from compvae.data._resize import check_resolution
 from compvae.data.shapes import (
     _SQUARE_NORMALS,
     _TRIANGLE_NORMALS,
@@ -23,7 +23,6 @@ from compvae.data.shapes import (
     _ellipse_coverage,
     _halfplanes_coverage,
 )
-from compvae.errors import ConfigError
 
 # Target: size unit u (frame widths) and centre positions that keep it inside the frame.
 TARGET_SCALES = np.array([0.15, 0.17, 0.19])
@@ -58,7 +57,6 @@ FACTOR_SIZES = [len(SHAPE_NAMES), len(TARGET_SCALES), len(TARGET_POSITIONS), len
                 len(DISTRACTOR_POSITIONS), len(DISTRACTOR_VALUES), len(BACKGROUND_LEVELS),
                 len(GRADIENT_DIRECTIONS)]
 _COL = {name: i for i, name in enumerate(FACTOR_NAMES)}
-_PIXELS_PER_CHUNK = 1 << 20
 
 
 def _coverage(shape_ids: np.ndarray, u: np.ndarray, cx: np.ndarray, cy: np.ndarray,
@@ -102,7 +100,7 @@ def texture(f: np.ndarray, res: int, detail_resolution: int) -> np.ndarray:
     return (TEXTURE_MEAN + contrast * (2.0 * parity - 1.0)).astype(np.float32)
 
 
-class Scenes(GroundTruthData):
+class Scenes(ProceduralData):
     """Textured target + flat distractor + background ramp; factor groups coarse, fine, outside.
 
     Edges get a one-pixel ramp at every resolution; the texture is defined on a grid of
@@ -111,17 +109,9 @@ class Scenes(GroundTruthData):
 
     def __init__(self, resolution: int = 64, channels: int = 1, path: str | None = None,
                  detail_resolution: int = 64) -> None:
-        if path is not None:
-            raise ConfigError(f"scenes: the procedural dataset takes no path, got {path!r}; "
-                              "leave data.path empty")
-        self.name = "scenes"
-        self.resolution = check_resolution("scenes", resolution)
-        self.channels = check_channels("scenes", channels)
+        self._setup("scenes", resolution, channels, path, FACTOR_NAMES, FACTOR_SIZES,
+                    {"coarse": COARSE, "fine": FINE, "outside": OUTSIDE})
         self.detail_resolution = check_resolution("scenes detail", detail_resolution)
-        self.factor_names = list(FACTOR_NAMES)
-        self.factor_sizes = list(FACTOR_SIZES)
-        self.factor_groups = {"coarse": list(COARSE), "fine": list(FINE), "outside": list(OUTSIDE)}
-        self.has_factors = True
 
     def with_resolution(self, resolution: int) -> Scenes:
         return Scenes(resolution=resolution, channels=self.channels,
@@ -154,10 +144,6 @@ class Scenes(GroundTruthData):
         return out
 
     # ---- rendering -------------------------------------------------------------------------
-    def _chunks(self, n: int) -> list[tuple[int, int]]:
-        step = max(1, _PIXELS_PER_CHUNK // (self.resolution * self.resolution))
-        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-
     def _target_coverage(self, f: np.ndarray) -> np.ndarray:
         res = self.resolution
         u = (TARGET_SCALES[f[:, _COL["scale"]]] * res).astype(np.float32)

@@ -41,9 +41,7 @@ import math
 
 import numpy as np
 
-from compvae.data._resize import check_channels, check_resolution
-from compvae.data.base import GroundTruthData
-from compvae.errors import ConfigError
+from compvae.data._procedural import ProceduralData
 
 SHAPE_NAMES = ("square", "ellipse", "triangle")
 
@@ -82,7 +80,6 @@ FACTOR_SIZES = [len(SHAPE_NAMES), len(SCALES), len(ROTATIONS_DEG), len(POSITIONS
 COARSE = ["shape", "scale", "rotation", "pos_x", "pos_y"]
 FINE = ["detail_size", "detail_x", "detail_y", "detail_intensity"]
 
-_PIXELS_PER_CHUNK = 1 << 20
 
 
 def _clip01(a: np.ndarray) -> np.ndarray:
@@ -154,7 +151,7 @@ _SQUARE_NORMALS = _unit_normals([0.0, 90.0, 180.0, 270.0])
 _TRIANGLE_NORMALS = _unit_normals([90.0, 210.0, 330.0])  # y down: 90 deg is the bottom edge
 
 
-class Shapes(GroundTruthData):
+class Shapes(ProceduralData):
     """One square/ellipse/triangle with a darker inner disc; 5 coarse and 4 fine factors.
 
     ``channels=1`` gives a white object on black; ``channels=3`` an orange one. ``path`` is
@@ -162,16 +159,8 @@ class Shapes(GroundTruthData):
     """
 
     def __init__(self, resolution: int = 64, channels: int = 1, path: str | None = None) -> None:
-        if path is not None:
-            raise ConfigError(f"shapes: the procedural dataset takes no path, got {path!r}; "
-                              "leave data.path empty")
-        self.name = "shapes"
-        self.resolution = check_resolution("shapes", resolution)
-        self.channels = check_channels("shapes", channels)
-        self.factor_names = list(FACTOR_NAMES)
-        self.factor_sizes = list(FACTOR_SIZES)
-        self.factor_groups = {"coarse": list(COARSE), "fine": list(FINE)}
-        self.has_factors = True
+        self._setup("shapes", resolution, channels, path, FACTOR_NAMES, FACTOR_SIZES,
+                    {"coarse": COARSE, "fine": FINE})
 
     def with_resolution(self, resolution: int) -> Shapes:
         """Same factors rendered at another resolution (the geometry is resolution-free)."""
@@ -202,10 +191,6 @@ class Shapes(GroundTruthData):
         return out
 
     # ---- rendering -------------------------------------------------------------------------
-    def _chunks(self, n: int) -> list[tuple[int, int]]:
-        step = max(1, _PIXELS_PER_CHUNK // (self.resolution * self.resolution))
-        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-
     def _render(self, f: np.ndarray, with_detail: bool) -> tuple[np.ndarray, np.ndarray]:
         """(grey image, object coverage), both float32 (n, R, R), for validated factors f."""
         n, res = len(f), self.resolution

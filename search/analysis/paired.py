@@ -19,7 +19,15 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from compvae.errors import ConfigError
-from search.analysis.groups import CONFIDENCE, check_knob, group_order, mean_ci
+from search.analysis.groups import (
+    CONFIDENCE,
+    check_knob,
+    group_order,
+    mean_ci,
+    summarize,
+    wide_table,
+)
+from search.analysis.groups import format_markdown as group_markdown
 from search.analysis.results import TrialSummary, knob_value
 from search.space import SearchSpace
 
@@ -184,6 +192,15 @@ def paired_report(summaries: list[TrialSummary], knobs: list[str], pair_by: str,
         (out_dir / f"paired_{slug}.md").write_text(md)
         files += [out_dir / f"paired_{slug}.csv", out_dir / f"paired_{slug}.md"]
         texts.append(md)
+    # the unpaired per-arm means, as context for the paired differences
+    present = tuple(m for m in metrics if frame[m].notna().any())
+    plain = frame.assign(arm=frame["arm"].astype(str))
+    summary = summarize(plain, "arm", present)
+    summary["group"] = pd.Categorical(summary["group"], categories=arms, ordered=True)
+    unpaired = wide_table(summary.sort_values("group", kind="stable"), "arm")
+    (out_dir / "paired_unpaired.md").write_text(group_markdown(unpaired, {}))
+    files.append(out_dir / "paired_unpaired.md")
+    texts.append("per arm, unpaired (mean ± 95% CI half-width):\n" + unpaired.to_string(index=False))
     first = next(iter(tables))
     files.append(paired_figure(frame, first, out_dir / "paired.png", title=title or f"{first} by arm, one line per {pair_by}"))
     if tracker is not None and parent_run_id:

@@ -1,7 +1,8 @@
 """A space's outer level: train every distinct parent up front, then search on the strongest.
 
 So no trial waits on another's parent and the inner search can keep the best; resumable through
-the store and ``outer.json`` (docs/design.md, The outer stage).
+the store and ``outer.json`` (docs/design.md, The outer stage); a parent whose worker
+dies is retried up to ``search.max_failures`` times from its partial state.
 """
 
 from __future__ import annotations
@@ -26,28 +27,34 @@ def _label(point: dict[str, Any]) -> str:
 
 
 def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
-    """Ray task body: one parent trained (or found) and evaluated in the store."""
+    """Ray task body: one parent trained (or found) and evaluated in the store, with the Ray
+    node it ran on (which node trained what is otherwise lost with the task)."""
+    import ray
+
     from compvae.trial import prepare_parent
     from search.run.trainable import hide_unassigned_gpus
 
     hide_unassigned_gpus()
-
-    return prepare_parent(config, store)
+    return {**prepare_parent(config, store), "node": ray.get_runtime_context().get_node_id()}
 
 
 def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> dict[str, Any]:
     """Train the outer level's parents; return the record the driver writes to ``outer.json``.
 
     The record: ``points`` (one per parent: its knob values, store key, metrics, seconds,
-    whether it was already stored, or its error), and ``kept`` (the values of the single outer
-    param passed to the inner search, or None when the inner search keeps the space as is).
+    whether it was already stored, the Ray node it ran on, or its error), and ``kept`` (the
+    values of the single outer param passed to the inner search, or None when the inner search
+    keeps the space as is).
     """
     import ray
 
     assert space.outer is not None
     points = space.outer_points()
     res = space.search.resources
-    task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(_prepare)
+    # A worker that dies (killed, OOM, node lost) is retried like a trial, up to max_failures,
+    # and resumes the parent's partial state; an exception the parent raises is not retried.
+    task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=space.search.max_failures,
+                      retry_exceptions=False)(_prepare)
     store = str(layout.parents_dir)
     limit = max(1, space.search.max_concurrent)
     out(f"outer level: {len(points)} parents ({', '.join(space.outer_axes())}) trained up front, "

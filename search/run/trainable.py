@@ -3,6 +3,9 @@
 Its state lives in ``<search>/trials/<trial>/state`` and a Tune checkpoint is only an epoch marker,
 so Tune never deletes state a snapshot still needs (docs/design.md, The trainable).
 
+Each start appends a line to ``trials/<trial>/attempts.jsonl`` (time, Tune trial id, resumed-from
+epoch, host, pid, Ray node id), so retries, resumes and where each attempt ran are visible.
+
 Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>`` in the Ray workers' environment
 makes that trial raise once, right after reporting that epoch, on its first attempt only.
 """
@@ -95,9 +98,11 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         resumed_from = int(json.loads(saved_metrics.read_text()).get("epoch", 0))
     first_attempt = not (out_dir / "attempts.jsonl").exists()
     with open(out_dir / "attempts.jsonl", "a") as fh:
-        fh.write(json.dumps({"time": time.time(), "resumed_from_epoch": resumed_from, "already_finished": finished,
+        fh.write(json.dumps({"time": time.time(), "trial_id": tune.get_context().get_trial_id(),
+                             "resumed_from_epoch": resumed_from, "already_finished": finished,
                              "host": socket.gethostname(), "pid": os.getpid(),
-                             "ray": ray.get_runtime_context().gcs_address}) + "\n")
+                             "ray": ray.get_runtime_context().gcs_address,
+                             "node": ray.get_runtime_context().get_node_id()}) + "\n")
 
     def send(metrics: dict[str, float], epoch: int) -> None:
         (marker / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
