@@ -99,3 +99,17 @@ def tune_stop_retries(trial: Any) -> None:
         raise RuntimeError(f"ray {ray.__version__}: Tune's Trial has no max_failures attribute; "
                            "check compvae/compat.py for this release")
     trial.max_failures = 0
+
+
+def optuna_search_state(searcher: Any) -> tuple[dict[str, Any], Any, set[str]]:
+    """Ray's OptunaSearch keeps its live Optuna trials, study and finished trial ids private
+    (``_ot_trials``, ``_ot_study``, ``_completed_trials``); a subclass reporting per-epoch values
+    and telling cut trials PRUNED must read them."""
+    import ray
+
+    _check("ray", ray.__version__, RAY_TESTED, "OptunaSearch._ot_trials")
+    try:
+        return searcher._ot_trials, searcher._ot_study, searcher._completed_trials
+    except AttributeError as exc:
+        raise RuntimeError(f"ray {ray.__version__}: OptunaSearch's internals changed ({exc}); "
+                           "check compvae/compat.py for this release") from None

@@ -68,3 +68,17 @@ def test_tune_stop_retries():
     assert trial.max_failures == 0
     with pytest.raises(RuntimeError, match="max_failures"):
         compat.tune_stop_retries(object())
+
+
+def test_optuna_search_state_reads_the_searchers_live_trials():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+                            metric="m", mode="max", seed=0)
+    config = searcher.suggest("t1")
+    trials, study, completed = compat.optuna_search_state(searcher)
+    assert list(trials) == ["t1"] and 0.0 <= config["x"] <= 1.0
+    assert len(study.trials) == 1 and completed == set()
+    with pytest.raises(RuntimeError, match="OptunaSearch's internals changed"):
+        compat.optuna_search_state(object())

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from compvae.compat import study_trial_finished
+from compvae.compat import optuna_search_state, study_trial_finished
 from search.space import SearchSpace
 from search.space.distributions import distributions
 from search.trials import final_epoch
@@ -61,30 +61,31 @@ class CompvaeOptunaSearch(OptunaSearch):
         restarts with a restored trial), each epoch once: a resumed trial re-reports epochs."""
         if not isinstance(self.metric, str) or self.metric not in result:
             return
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trials, ot_study, completed = optuna_search_state(self)
+        if trial_id in completed or trial_id not in ot_trials:
             return
         reported = self.__dict__.setdefault("_reported_epoch", {})
         epoch = int(result.get("epoch", 0))
         if epoch <= reported.get(trial_id, 0):
             return
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = ot_trials[trial_id]
         # A trial restarted after a killed driver may re-send results of a trial the study
         # already closed (told before the kill); its values are in the study already.
-        if study_trial_finished(self._ot_study, ot_trial):
+        if study_trial_finished(ot_study, ot_trial):
             return
         ot_trial.report(float(result[self.metric]), epoch)
         reported[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        if (result and not error and trial_id not in self._completed_trials
-                and trial_id in self._ot_trials
+        ot_trials, ot_study, completed = optuna_search_state(self)
+        if (result and not error and trial_id not in completed and trial_id in ot_trials
                 and float(result.get("epoch", 0)) < self._trial_final_epochs(result)):
             try:
-                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                ot_study.tell(ot_trials[trial_id], state=TrialState.PRUNED)
             except Exception as exc:  # Optuna refuses a second tell: warn and keep going
                 optuna.logging.get_logger(__name__).warning(str(exc))
-            self._completed_trials.add(trial_id)
+            completed.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
