@@ -105,6 +105,19 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+def _launch_refused(space, tmp_path, capsys, fragments, prefix: str | None = None) -> None:
+    """`compvae-search launch SPACE` fails with one line holding every fragment, exit 2, and
+    leaves no search folder."""
+    rc = search_main(["launch", str(space), "--storage", str(tmp_path / "s")])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2, line
+    if prefix is not None:
+        assert line.startswith(prefix), line
+    for frag in fragments:
+        assert frag in line, line
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("argv,fragments", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
 def test_compvae_train_bad_input(argv, fragments, tmp_path, capsys):
     out = tmp_path / "out"
@@ -142,13 +155,7 @@ def test_search_launch_bad_space(overrides, fragments, write_space, tmp_path, ca
         data[key] = {**data[key], **value} if key == "search" else value
     space = tmp_path / "bad.yaml"
     space.write_text(yaml.safe_dump(data))
-    rc = search_main(["launch", str(space), "--storage", str(tmp_path / "s")])
-    line = _one_line(capsys.readouterr().err)
-    assert rc == 2, line
-    assert line.startswith(f"error: {space}: "), line
-    for frag in fragments:
-        assert frag in line, line
-    assert not (tmp_path / "s").exists()
+    _launch_refused(space, tmp_path, capsys, fragments, prefix=f"error: {space}: ")
 
 
 @pytest.mark.parametrize("what", ["broken YAML", "missing dataset file", "corrupt npz", "relative missing file"])
@@ -167,12 +174,7 @@ def test_search_launch_bad_files(what, write_space, tmp_path, capsys, monkeypatc
     else:  # relative to the launch directory, as `compvae train` reads it
         space = write_space(base={"data": {"name": "shapes3d", "path": "data/3dshapes.h5"}})
         fragments = [f"{tmp_path / 'data' / '3dshapes.h5'}: file not found", "download 3dshapes.h5"]
-    rc = search_main(["launch", str(space), "--storage", str(tmp_path / "s")])
-    line = _one_line(capsys.readouterr().err)
-    assert rc == 2, line
-    for frag in fragments:
-        assert frag in line, line
-    assert not (tmp_path / "s").exists()
+    _launch_refused(space, tmp_path, capsys, fragments)
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -360,13 +362,7 @@ def test_search_launch_refuses_unreadable_space_text(dup, raw, fragments, write_
         text = space.read_text()
         block = yaml.safe_dump({dup: yaml.safe_load(text)[dup]}, sort_keys=False)
         space.write_text(text + block)  # the same block twice: the first used to be dropped
-    rc = search_main(["launch", str(space), "--storage", str(tmp_path / "s")])
-    line = _one_line(capsys.readouterr().err)
-    assert rc == 2, line
-    assert line.startswith(f"error: {space}: "), line
-    for frag in fragments:
-        assert frag in line, line
-    assert not (tmp_path / "s").exists()
+    _launch_refused(space, tmp_path, capsys, fragments, prefix=f"error: {space}: ")
 
 
 @pytest.mark.parametrize("overrides,fragments", [
@@ -382,12 +378,7 @@ def test_search_launch_refuses_what_can_only_fail(overrides, fragments, write_sp
         data[key] = {**data.get(key, {}), **value}
     space = tmp_path / "bad.yaml"
     space.write_text(yaml.safe_dump(data))
-    rc = search_main(["launch", str(space), "--storage", str(tmp_path / "s")])
-    line = _one_line(capsys.readouterr().err)
-    assert rc == 2, line
-    for frag in fragments:
-        assert frag in line, line
-    assert not (tmp_path / "s").exists()
+    _launch_refused(space, tmp_path, capsys, fragments)
 
 
 def test_search_launch_refuses_a_batch_above_the_images_in_the_file(write_space, tmp_path, capsys):
