@@ -3,9 +3,11 @@ Tune, the Optuna study and MLflow, nothing left RUNNING. Shared by the fault and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
@@ -47,3 +49,19 @@ def check_stores(layout: SearchLayout, client: MlflowClient | None = None) -> di
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "child/train_loss")]
             assert steps == list(range(1, s.epoch + 1)), (s.name, steps)
     return by_name
+
+
+def write_tiny_space(tmp: Path, name: str, params: dict[str, Any], extra: dict[str, Any] | None = None,
+                     **search: Any) -> Path:
+    """A grid space on the tiny preset (the grid fixes which trial gets which value), written to
+    ``tmp/space.yaml``; ``search`` overrides the search section, ``extra`` adds top-level keys."""
+    data = {
+        "name": name, "preset": "tiny", **(extra or {}),
+        "params": params,
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
+                   "resources": {"cpus": 1, "gpus": 0}, **search},
+    }
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

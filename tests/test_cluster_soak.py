@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from _checks import check_stores
+from _checks import check_stores, write_tiny_space
 from _services import cmdline, http_ok, start_mlflow_server, stop_group, two_node_cluster, wait_for
 from mlflow.tracking import MlflowClient
 
@@ -56,17 +56,9 @@ def cluster(tmp_path_factory, free_port):
 
 
 def _space(tmp: Path, **search: Any) -> Path:
-    data = {
-        "name": "cluster", "preset": "tiny",
-        "params": {"parent.beta": {"choice": [2.0, 4.0]}, "child.masking_mode": {"choice": ["loss", "both"]}},
-        "outer": {"params": ["parent.beta"]},
-        "objective": {"metric": "child/mig", "mode": "max"},
-        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
-                   "resources": {"cpus": 1, "gpus": 0}, **search},
-    }
-    path = tmp / "space.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_tiny_space(
+        tmp, "cluster", {"parent.beta": {"choice": [2.0, 4.0]}, "child.masking_mode": {"choice": ["loss", "both"]}},
+        {"outer": {"params": ["parent.beta"]}}, **search)
 
 
 def _cli(module: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 300) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from _checks import check_stores as _check_stores
+from _checks import write_tiny_space
 from _services import http_ok, processes, start_mlflow_server, stop_group
 from mlflow.tracking import MlflowClient
 
@@ -40,18 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- helpers -----------------------------------------------------------------------------------
 def _space(tmp: Path, params: dict[str, Any], epochs: int, **search: Any) -> Path:
     """A grid space on the tiny preset: the grid fixes which trial gets which value."""
-    data = {
-        "name": "faults",
-        "preset": "tiny",
-        "base": {"child": {"epochs": epochs}},
-        "params": params,
-        "objective": {"metric": "child/mig", "mode": "max"},
-        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
-                   "resources": {"cpus": 1, "gpus": 0}, **search},
-    }
-    path = tmp / "space.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_tiny_space(tmp, "faults", params, {"base": {"child": {"epochs": epochs}}}, **search)
 
 
 def _launch(tmp: Path, space: Path, name: str, *extra: str) -> subprocess.Popen:

@@ -55,6 +55,20 @@ def _fault_epoch(search: str, name: str) -> int | None:
     return int(epoch) if target == f"{search}/{name}" else None
 
 
+def _set_aside_lost_trial(layout: SearchLayout, out_dir: Path, trial_id: str) -> None:
+    """A trial that a killed driver lost (started, but never in Tune's snapshot) leaves a folder
+    under the name Tune then gives a new trial: never resume another trial's state; move it to
+    ``lost_trials/`` instead."""
+    attempts = out_dir / "attempts.jsonl"
+    if not attempts.is_file():
+        return
+    ids = {json.loads(line).get("trial_id") for line in attempts.read_text().splitlines() if line.strip()}
+    if ids and trial_id not in ids:
+        dest = layout.root / "lost_trials" / f"{out_dir.name}-{sorted(str(i) for i in ids)[0]}"
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(out_dir, dest)
+
+
 def hide_unassigned_gpus() -> None:
     """In a Ray worker given no GPU, hide the node's GPUs. Ray leaves CUDA_VISIBLE_DEVICES alone
     then: without this a ``train.device: auto`` trial (or outer parent) would still find and
@@ -79,6 +93,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     name = tune.get_context().get_trial_name()
     cfg = TrialConfig.from_dict(base, source="base").with_updates(dict(config))
     out_dir = layout.trial_dir(name)
+    _set_aside_lost_trial(layout, out_dir, tune.get_context().get_trial_id())
     out_dir.mkdir(parents=True, exist_ok=True)
 
     state = out_dir / "state"
