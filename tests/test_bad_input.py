@@ -105,6 +105,18 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+def _train_refused(args: list[str], tmp_path, capsys, fragments) -> None:
+    """`compvae train ARGS --out DIR` fails with one line holding every fragment, exit 2, and
+    leaves no --out folder (nothing half-written)."""
+    out = tmp_path / "out"
+    rc = train_main(["train", *args, "--out", str(out), "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2, line
+    for frag in fragments:
+        assert frag in line, line
+    assert not out.exists()
+
+
 def _launch_refused(space, tmp_path, capsys, fragments, prefix: str | None = None) -> None:
     """`compvae-search launch SPACE` fails with one line holding every fragment, exit 2, and
     leaves no search folder."""
@@ -120,13 +132,7 @@ def _launch_refused(space, tmp_path, capsys, fragments, prefix: str | None = Non
 
 @pytest.mark.parametrize("argv,fragments", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
 def test_compvae_train_bad_input(argv, fragments, tmp_path, capsys):
-    out = tmp_path / "out"
-    rc = train_main(["train", *argv(tmp_path), "--out", str(out), "--quiet"])
-    line = _one_line(capsys.readouterr().err)
-    assert rc == 2, line
-    for frag in fragments:
-        assert frag in line, line
-    assert not out.exists()  # nothing half-written
+    _train_refused(argv(tmp_path), tmp_path, capsys, fragments)
 
 
 # ---- compvae-search ----------------------------------------------------------------------------------
@@ -266,13 +272,7 @@ def test_compvae_train_refused_classes(argv, fragments, tmp_path, capsys):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
-    out = tmp_path / "out"
-    rc = train_main(["train", *argv(tmp_path), "--out", str(out), "--quiet"])
-    line = _one_line(capsys.readouterr().err)
-    assert rc == 2, line
-    for frag in fragments:
-        assert frag in line, line
-    assert not out.exists()
+    _train_refused(argv(tmp_path), tmp_path, capsys, fragments)
 
 
 def _regular_file(tmp: Path) -> Path:
