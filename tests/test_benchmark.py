@@ -16,7 +16,16 @@ from compvae.child import kl_warmup_weight
 from compvae.config import TrialConfig, preset
 from compvae.data import get_dataset
 from compvae.data.design import factor_costs
-from compvae.data.scenes import FACTOR_NAMES, FINE, OUTSIDE, Scenes
+from compvae.data.scenes import (
+    DIM_HALF,
+    FACTOR_NAMES,
+    FINE,
+    OUTSIDE,
+    TEXTURE_CONTRASTS,
+    TEXTURE_MEAN,
+    Scenes,
+    texture,
+)
 from compvae.errors import ConfigError
 from compvae.losses import beta_tcvae_loss
 from compvae.masks import oracle_masks, resize_mask
@@ -69,11 +78,31 @@ def test_outside_factors_never_touch_the_target() -> None:
     assert diff.any() and not (diff & inner).any()
 
 
-def test_design_check_fine_factors_are_worth_20_nats_at_64_px_and_little_at_32() -> None:
+def test_design_check_fine_factors_are_visible_at_64_px_and_nothing_at_32() -> None:
+    """The texture's level is worth >= 20 nats to the child; the split (which half carries it at
+    full strength) 4-12 nats; none of it is visible to the 32 px parent."""
     c64, c32 = factor_costs(Scenes(64), num_bases=30), factor_costs(Scenes(32), num_bases=30)
+    assert c64["texture_contrast"] >= 20.0, c64
     for name in FINE:
-        assert c64[name] >= 20.0, (name, c64[name])
-        assert c32[name] <= 0.1 * c64[name], (name, c32[name])
+        assert c64[name] >= 4.0, (name, c64[name])
+        assert c32[name] < 1e-4, (name, c32[name])  # float32 rounding of a flat image
+
+
+def test_texture_is_a_fixed_carrier_whose_amplitude_the_fine_factors_set() -> None:
+    f = _factors(1)
+    f[0, FACTOR_NAMES.index("pos_x")] = f[0, FACTOR_NAMES.index("pos_y")] = 1  # centred target
+    f[0, FACTOR_NAMES.index("texture_contrast")] = 2
+    f[0, FACTOR_NAMES.index("texture_orientation")] = 0  # vertical split line
+    f[0, FACTOR_NAMES.index("texture_side")] = 1  # the right half at full strength
+    tex = texture(f, 64, 64)[0]
+    sil = Scenes(64).silhouettes(f)[0, 0].astype(bool)
+    dev = np.abs(tex - TEXTURE_MEAN)
+    right, left = dev[:, 34:][sil[:, 34:]], dev[:, :30][sil[:, :30]]
+    assert np.allclose(right, TEXTURE_CONTRASTS[2]) and np.allclose(left, DIM_HALF * TEXTURE_CONTRASTS[2])
+    carrier = np.sign(tex - TEXTURE_MEAN)
+    assert (carrier[::2, ::2] == carrier[0, 0]).all() and (carrier[1::2, ::2] == -carrier[0, 0]).all()
+    blocks = tex.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    assert np.allclose(blocks, TEXTURE_MEAN)  # every 2x2 block averages away
 
 
 def test_informativeness_reads_factors_and_a_collapsed_model_scores_zero() -> None:

@@ -29,12 +29,15 @@ TARGET_SCALES = np.array([0.15, 0.17, 0.19])
 _TARGET_LO = MAX_EXTENT * TARGET_SCALES[-1] + 0.03
 TARGET_POSITIONS = np.linspace(_TARGET_LO, 1.0 - _TARGET_LO, 3)
 # Texture inside the target, on a grid of detail pixels (1 / detail_resolution of the frame):
-# one of three period-2 patterns, either phase, three contrasts around a fixed mean. Every
-# 2x2 block of detail pixels averages to TEXTURE_MEAN, so below detail_resolution it vanishes.
-TEXTURES = ("rows", "columns", "checker")
-TEXTURE_PHASES = np.array([0, 1])
-TEXTURE_CONTRASTS = np.array([0.1, 0.28, 0.46])
+# a checker carrier of fixed phase whose amplitude the fine factors set per 2x2 block of detail
+# pixels: its level (contrast) and which half of the target carries it (the split line through
+# the target's centre, vertical or horizontal, and the side). Every 2x2 block of detail pixels
+# averages to TEXTURE_MEAN, so below detail_resolution the texture vanishes.
+TEXTURE_CONTRASTS = np.array([0.06, 0.27, 0.48])
+TEXTURE_ORIENTATIONS = ("vertical", "horizontal")  # the split line between textured and flat halves
+TEXTURE_SIDES = ("before", "after")  # left/top or right/bottom half carries the texture
 TEXTURE_MEAN = 0.5
+DIM_HALF = 0.5  # the other half of the target carries the texture at this fraction
 # Distractor (drawn behind the target) and background.
 DISTRACTOR_SCALES = np.array([0.07, 0.09])
 _DISTRACTOR_LO = MAX_EXTENT * DISTRACTOR_SCALES[-1] + 0.03
@@ -47,12 +50,12 @@ GRADIENT_DIRECTIONS = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]
 RGB_TINT = np.array([1.0, 0.85, 0.7], dtype=np.float32)
 
 COARSE = ["shape", "scale", "pos_x", "pos_y"]
-FINE = ["texture", "texture_phase", "texture_contrast"]
+FINE = ["texture_contrast", "texture_orientation", "texture_side"]
 OUTSIDE = ["distractor_shape", "distractor_scale", "distractor_x", "distractor_y",
            "distractor_value", "background_level", "background_gradient"]
 FACTOR_NAMES = COARSE + FINE + OUTSIDE
 FACTOR_SIZES = [len(SHAPE_NAMES), len(TARGET_SCALES), len(TARGET_POSITIONS), len(TARGET_POSITIONS),
-                len(TEXTURES), len(TEXTURE_PHASES), len(TEXTURE_CONTRASTS),
+                len(TEXTURE_CONTRASTS), len(TEXTURE_ORIENTATIONS), len(TEXTURE_SIDES),
                 len(SHAPE_NAMES), len(DISTRACTOR_SCALES), len(DISTRACTOR_POSITIONS),
                 len(DISTRACTOR_POSITIONS), len(DISTRACTOR_VALUES), len(BACKGROUND_LEVELS),
                 len(GRADIENT_DIRECTIONS)]
@@ -91,13 +94,17 @@ def texture(f: np.ndarray, res: int, detail_resolution: int) -> np.ndarray:
     if res < detail_resolution:
         return np.full((n, res, res), TEXTURE_MEAN, np.float32)
     cell = np.arange(res) * detail_resolution // res  # detail pixel of each pixel row/column
-    rows = (cell[None, :, None] % 2).astype(np.int64)
-    cols = (cell[None, None, :] % 2).astype(np.int64)
-    kind = f[:, _COL["texture"], None, None]
-    parity = np.where(kind == 0, rows, np.where(kind == 1, cols, (rows + cols) % 2))
-    parity = parity ^ TEXTURE_PHASES[f[:, _COL["texture_phase"]]][:, None, None]
-    contrast = TEXTURE_CONTRASTS[f[:, _COL["texture_contrast"]]].astype(np.float32)[:, None, None]
-    return (TEXTURE_MEAN + contrast * (2.0 * parity - 1.0)).astype(np.float32)
+    carrier = 2.0 * ((cell[:, None] + cell[None, :]) % 2) - 1.0  # checker, fixed phase
+    # the amplitude is constant on each 2x2 block of detail pixels: decide it at the block centre
+    block = (2 * (cell // 2) + 1) / detail_resolution  # frame coordinate of each block's centre
+    cx = TARGET_POSITIONS[f[:, _COL["pos_x"]]][:, None, None]
+    cy = TARGET_POSITIONS[f[:, _COL["pos_y"]]][:, None, None]
+    vertical = (f[:, _COL["texture_orientation"]] == 0)[:, None, None]
+    after = (f[:, _COL["texture_side"]] == 1)[:, None, None]
+    beyond = np.where(vertical, block[None, None, :] >= cx, block[None, :, None] >= cy)
+    contrast = TEXTURE_CONTRASTS[f[:, _COL["texture_contrast"]]][:, None, None]
+    amplitude = np.where(beyond == after, contrast, DIM_HALF * contrast)
+    return (TEXTURE_MEAN + amplitude * carrier[None]).astype(np.float32)
 
 
 class Scenes(ProceduralData):
