@@ -105,6 +105,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _joined_trials(names: list[str], storage: str | None, own) -> list:
+    """The trials of other searches (``report --with``), named ``<search>/<trial>``: arms run
+    in separate searches of the same seeds (e.g. the oracle control beside the parent-mask study)."""
+    import dataclasses
+
+    from search.analysis.results import TrialSummary
+    from search.layout import resolve_search
+
+    out = []
+    for name in names:
+        other = resolve_search(name, storage)
+        if other.root.resolve() == own.root.resolve():
+            raise UserError(f"--with {name}: that is the search being reported; name another one")
+        out += [dataclasses.replace(s, name=f"{other.name}/{s.name}") for s in TrialSummary.load_all(other)]
+    return out
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from search.analysis.report import build_report
     from search.analysis.results import TrialSummary, format_table, trials_frame
@@ -112,6 +129,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from search.tracking.journal import JOURNAL, sync_pending
 
     layout, state, space = _open(args)
+    if args.with_ and not args.paired_by:
+        raise UserError("--with: other searches join only a paired comparison; add --paired-by train.seed")
+    summaries = TrialSummary.load_all(layout) + _joined_trials(args.with_ or [], args.storage, layout)
     if args.group_by:  # a wrong knob costs nothing: checked before any file or MLflow write
         from search.analysis.groups import check_knob, per_trial_frame
 
@@ -137,7 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from search.analysis.paired import paired_report
 
         knobs = [k.strip() for k in (args.group_by or "child.masking_mode").split(",") if k.strip()]
-        paired = paired_report(TrialSummary.load_all(layout), knobs, args.paired_by, layout.report_dir,
+        paired = paired_report(summaries, knobs, args.paired_by, layout.report_dir,
                                baseline=args.baseline, space=space, tracker=tracker,
                                parent_run_id=state.mlflow_parent_run_id)
         print(f"\n{layout.name}: arms ({', '.join(knobs)}) paired by {args.paired_by}")
@@ -216,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paired-by", metavar="KNOB",
                    help="compare every arm with a baseline, pairing trials by this knob (e.g. "
                         "train.seed): mean difference, 95%% CI, paired t and Wilcoxon tests, Holm-corrected")
+    p.add_argument("--with", dest="with_", metavar="NAME_OR_DIR", action="append",
+                   help="with --paired-by: also pair the trials of another search of the same seeds "
+                        "(repeatable), e.g. the oracle control beside a parent-mask study; put the knob "
+                        "that tells the searches apart (e.g. mask.source) in --group-by")
     p.add_argument("--baseline", metavar="ARM",
                    help="the arm the others are compared with (default: the first, in the space's order)")
     p.set_defaults(func=cmd_report)

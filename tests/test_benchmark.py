@@ -240,3 +240,21 @@ def test_holm_adjustment() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     out = holm([0.2, math.nan, 0.01])
     assert out[0] == pytest.approx(0.2) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_paired_arms_refuse_two_trials_of_one_arm_and_pair() -> None:
+    """Two searches joined by ``report --with`` may hold the same arm and seed: the pairing
+    would be ambiguous, so it is refused with the fix (a knob that tells them apart)."""
+    from search.analysis.paired import arm_frame
+    from search.analysis.results import TrialSummary
+
+    def trial(name: str, mode: str, source: str) -> TrialSummary:
+        return TrialSummary(trial_id=name, name=name, status="COMPLETED", epoch=1, final_epoch=1,
+                            params={"child.masking_mode": mode, "train.seed": 0},
+                            config={"mask": {"source": source}}, metrics={"child/fine_informativeness": 0.5})
+
+    both = [trial("a/trial_00001", "none", "oracle"), trial("b/trial_00001", "none", "parent")]
+    with pytest.raises(ConfigError, match="add the knob that tells them apart"):
+        arm_frame(both, ["child.masking_mode"], "train.seed")
+    frame = arm_frame(both, ["mask.source", "child.masking_mode"], "train.seed")
+    assert sorted(frame["arm"].astype(str)) == ["oracle / none", "parent / none"]

@@ -90,6 +90,9 @@ def test_shipped_study_spaces_are_the_promised_grids() -> None:
     assert control.base_config().mask.source == "oracle" and control.search.scheduler is None
     assert control.grid_values()[KNOB] == ["none", "input", "loss", "both"]
     assert len(control.grid_values()["train.seed"]) >= 5
+    decoder = load_space(REPO / "spaces" / "control-decoder.yaml")
+    assert decoder.base_config().mask.source == "oracle" and decoder.base_config().child.parent_code == "decoder"
+    assert decoder.grid_values()["train.seed"] == control.grid_values()["train.seed"]
     gpu = load_space(REPO / "spaces" / "study-masking-gpu.yaml")
     assert gpu.search.sampler == "grid" and gpu.search.scheduler is None
     assert gpu.grid_values()[KNOB] == ["none", "input", "loss", "both"]
@@ -163,6 +166,31 @@ def test_mini_study_end_to_end(ray_local: str, tmp_path: Path, capsys: pytest.Ca
     assert paired["arm"].tolist() == ["loss"] and paired["pairs"].tolist() == [2]
     assert paired["mean_diff"][0] == pytest.approx(np.mean(diffs))
     assert (layout.report_dir / "paired.png").stat().st_size > 10_000
+
+    # report --with: an arm run in another search of the same seeds joins the pairing
+    other = yaml.safe_load(space_file.read_text())
+    other.update(name="study-mini-both")
+    other["params"] = {KNOB: {"choice": ["both"]}}
+    other_file = tmp_path / "study-mini-both.yaml"
+    other_file.write_text(yaml.safe_dump(other, sort_keys=False))
+    assert main(["launch", str(other_file), "--storage", str(tmp_path / "s"), "--name", "study-mini-both"]) == 0
+    joined = TrialSummary.load_all(SearchLayout(tmp_path / "s" / "study-mini-both"))
+    by.update({(s.params[KNOB], s.params["train.seed"]): s.metrics["child/mig_fine"] for s in joined})
+    capsys.readouterr()
+    assert main(["report", "study-mini", "--storage", str(tmp_path / "s"), "--with", "study-mini-both",
+                 "--paired-by", "train.seed", "--group-by", KNOB]) == 0
+    paired = pd.read_csv(layout.report_dir / "paired_child_mig_fine.csv")
+    assert paired["arm"].tolist() == ["loss", "both"] and paired["pairs"].tolist() == [2, 2]
+    assert paired["mean_diff"][1] == pytest.approx(np.mean([by[("both", k)] - by[("none", k)] for k in (0, 1)]))
+    trials = pd.read_csv(layout.report_dir / "paired_trials.csv")
+    assert sorted(t for t in trials["trial"] if t.startswith("study-mini-both/")) == [
+        f"study-mini-both/{s.name}" for s in sorted(joined, key=lambda s: s.name)]
+    capsys.readouterr()
+    assert main(["report", "study-mini", "--storage", str(tmp_path / "s"), "--with", "study-mini",
+                 "--paired-by", "train.seed"]) == 2
+    assert "that is the search being reported" in capsys.readouterr().err
+    assert main(["report", "study-mini", "--storage", str(tmp_path / "s"), "--with", "study-mini-both"]) == 2
+    assert "add --paired-by" in capsys.readouterr().err
 
     png = layout.report_dir / "by_child_masking_mode.png"
     assert png.is_file() and png.stat().st_size > 10_000

@@ -59,6 +59,12 @@ def arm_frame(summaries: list[TrialSummary], knobs: list[str], pair_by: str,
             row[m] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["trial", "arm", "pair", *metrics])
+    twice = frame[frame.duplicated(["arm", "pair"], keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        raise ConfigError(f"--group-by {','.join(knobs)}: arm '{first['arm']}' has {pair_by}={first['pair']} in "
+                          f"trials {', '.join(twice[(twice['arm'] == first['arm']) & (twice['pair'] == first['pair'])]['trial'])}; "
+                          "add the knob that tells them apart to --group-by")
     order = _arm_order(knobs, space, frame["arm"].tolist())
     frame["arm"] = pd.Categorical(frame["arm"], categories=order, ordered=True)
     return frame.sort_values(["arm", "pair"]).reset_index(drop=True)
