@@ -135,8 +135,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.group_by:  # a wrong knob costs nothing: checked before any file or MLflow write
         from search.analysis.groups import check_knob, per_trial_frame
 
-        check_knob(args.group_by)
-        if per_trial_frame(TrialSummary.load_all(layout), args.group_by).empty:
+        knobs = [k.strip() for k in args.group_by.split(",")] if args.paired_by else [args.group_by]
+        for knob in knobs:
+            check_knob(knob)
+        if per_trial_frame(summaries, knobs[0]).empty:
             raise UserError(f"--group-by {args.group_by}: no complete trial yet; wait for the search or resume it")
     tracker = None
     try:

@@ -185,6 +185,15 @@ def test_mini_study_end_to_end(ray_local: str, tmp_path: Path, capsys: pytest.Ca
     trials = pd.read_csv(layout.report_dir / "paired_trials.csv")
     assert sorted(t for t in trials["trial"] if t.startswith("study-mini-both/")) == [
         f"study-mini-both/{s.name}" for s in sorted(joined, key=lambda s: s.name)]
+    # several knobs name an arm (each checked on its own)
+    assert main(["report", "study-mini", "--storage", str(tmp_path / "s"), "--with", "study-mini-both",
+                 "--paired-by", "train.seed", "--group-by", f"{KNOB},child.parent_code"]) == 0
+    paired = pd.read_csv(layout.report_dir / "paired_child_mig_fine.csv")
+    assert paired["arm"].tolist() == ["loss / none", "both / none"]
+    assert main(["report", "study-mini", "--storage", str(tmp_path / "s"), "--paired-by", "train.seed",
+                 "--group-by", f"{KNOB},child.parent_cod"]) == 2
+    assert "--group-by child.parent_cod: not a TrialConfig field; did you mean child.parent_code?" in (
+        capsys.readouterr().err)
     capsys.readouterr()
     assert main(["report", "study-mini", "--storage", str(tmp_path / "s"), "--with", "study-mini",
                  "--paired-by", "train.seed"]) == 2
