@@ -212,7 +212,7 @@ def test_child_in_mlflow_pytorch_format_and_registered(search_a, tmp_path, capsy
     assert version.source.endswith(f"{best.mlflow_run_id}/artifacts/child_model")
 
 
-def test_failed_trial_run_holds_its_traceback(search_b):
+def test_failed_trial_run_holds_its_traceback_and_mask_figure(search_b):
     layout, _, _ = search_b
     client, _ = _client(layout)
     failed = [s for s in TrialSummary.load_all(layout) if s.status == FAILED]
@@ -221,6 +221,7 @@ def test_failed_trial_run_holds_its_traceback(search_b):
     assert run.info.status == "FAILED"
     arts = _artifacts(client, run.info.run_id)
     assert TRACEBACK in arts
+    assert "figures/mask_pipeline.png" in arts  # what the empty mask looked like (eval.figures is on)
     text = Path(client.download_artifacts(run.info.run_id, TRACEBACK, str(layout.root / "dl"))).read_text()
     assert 'File "' in text and "in check_coverage" in text  # the whole stack, not just the line
     assert text.rstrip().splitlines()[-1].startswith("compvae.errors.EmptyMaskError: mask for latent 0")
@@ -240,6 +241,13 @@ def test_optuna_trials_name_their_run_and_numbers_agree(search_a):
         assert t.user_attrs["mlflow_run_id"] == summaries[name].mlflow_run_id == runs[name].info.run_id
         assert t.user_attrs["tune_trial_id"] == runs[name].data.tags[TRIAL_ID_TAG]
         assert runs[name].data.tags[OPTUNA_NUMBER_TAG] == str(t.number)
+    # the README's optuna CLI line shows them
+    out = subprocess.run(["optuna", "trials", "--study-name", state.study_name, "--storage", state.optuna_url,
+                          "-f", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert len(shown) == 3 and all(summaries[f"trial_{r['number'] + 1:05d}"].mlflow_run_id in json.dumps(r)
+                                   for r in shown)
 
 
 def test_report_draws_optunas_views_when_there_are_enough_trials(search_a, capsys):
@@ -274,6 +282,17 @@ def test_python_api_launch_and_load_trials(search_b):
         assert row["optuna_number"] == int(row["trial"][-5:]) - 1
     done = frame[frame["status"] == COMPLETED].iloc[0]
     assert done["metrics.child/mig"] == pytest.approx(by_name[done["trial"]].metrics["child/mig"])
+
+
+def test_readme_python_api_example_runs_as_written(ray_local, tmp_path, monkeypatch, capsys):
+    section = (REPO / "README.md").read_text().split("### From Python: launch, resume, load_trials", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # the example's default storage: ./searches
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "[('trial_00001', 'COMPLETED', " in out and "('trial_00002', 'COMPLETED', " in out
+    assert "metrics.child/mig" in out and "mlflow_run_id" in out
+    assert SearchState.load(SearchLayout(tmp_path / "searches" / "api-demo")).status == "finished"
 
 
 # ---- commands ----------------------------------------------------------------------------------
