@@ -268,14 +268,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from search.tracking.context import experiment_url
+
     layout, state, _space = _open(args)
     if state.mlflow_uri.startswith(("http://", "https://")):
-        print(f"search {layout.name} logs to {state.mlflow_uri}: open it in a browser")
+        print(f"search {layout.name} logs to {state.mlflow_uri}: open "
+              f"{experiment_url(state.mlflow_uri, state.mlflow_experiment_id or '0')}")
         return 0
     _check_port_free(args.port)  # after _open: a missing search is the first thing to fix
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI for {layout.name} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    url = experiment_url(f"http://127.0.0.1:{args.port}", state.mlflow_experiment_id or "0")
+    print(f"MLflow UI for {layout.name}: {url} (Ctrl-C to stop)", flush=True)
     try:
         return subprocess.call(cmd, cwd=str(layout.root))
     except KeyboardInterrupt:

@@ -16,7 +16,10 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 VERSION_PACKAGES = ("torch", "ray", "optuna", "mlflow")
 NOTE_TAG = "mlflow.note.content"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI then opens on the runs table
+EXPERIMENT_KIND = "custom_model_development"  # the experiment's kind, for MLflow's UI and API
+# MLflow 3.17's UI picks GenAI or model-training pages by a UI-wide workflow type (the sidebar's
+# switch; remembered by the browser), not by the tag: a link carrying it opens on the runs table.
+ML_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
 def _package_version(name: str) -> str:
@@ -58,3 +61,8 @@ def dataset_record(data: dict[str, Any], context: str = "training") -> dict[str,
     source = json.dumps(data, sort_keys=True, default=str)
     return {"name": str(data.get("name", "data")), "digest": hashlib.sha256(source.encode()).hexdigest()[:12],
             "source_type": "compvae-config", "source": source, "context": context}
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at ``base``, in model-training mode."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{ML_WORKFLOW_QUERY}"
