@@ -185,6 +185,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.analysis.export import export_best
     from search.analysis.results import TrialSummary, format_table, trials_frame
 
+    if args.register is not None and (not args.register.strip() or any(c in args.register for c in "/:")):
+        raise UserError(f"--register {args.register!r}: an MLflow model name, non-empty and without '/' or ':'")
     out = check_folder("--out", args.out)
     layout, state, space = _open(args)
     if args.register and space.multi_objective:
@@ -207,7 +209,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not summary.mlflow_run_id:
             raise UserError(f"--register {args.register}: trial {best} has no MLflow run; run "
                             f"`compvae-search report {layout.root}` once the store is reachable")
-        version = register_child(MlflowClient(state.mlflow_uri), summary.mlflow_run_id, args.register)
+        try:
+            version = register_child(MlflowClient(state.mlflow_uri), summary.mlflow_run_id, args.register)
+        except Exception as exc:  # a name MLflow refuses, a store that is away: one line
+            raise UserError(f"--register {args.register}: MLflow refused it ({first_line(exc)[:200]}); the "
+                            f"configs are exported in {out}; fix the name or the store and run export again") from None
         print(f"registered {best}'s child as model '{args.register}' version {version.version} "
               f"(models:/{args.register}/{version.version} in {state.mlflow_uri})")
     return 0

@@ -205,6 +205,11 @@ def test_child_in_mlflow_pytorch_format_and_registered(search_a, tmp_path, capsy
     saved = torch.load(search_a.trial_dir(best.name) / "child.pt")
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
+    capsys.readouterr()  # MLflow's download progress from loading the model
+    assert main(["export", str(search_a.root), "--out", str(tmp_path / "bad"), "--register", "eco/child"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --register 'eco/child': an MLflow model name, non-empty and without '/' or ':'"
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
     assert main(["export", str(search_a.root), "--out", str(tmp_path / "x"), "--register", "eco-child"]) == 0
     assert "registered trial_" in capsys.readouterr().out
     (version,) = client.search_model_versions("name='eco-child'")
@@ -256,6 +261,8 @@ def test_report_draws_optunas_views_when_there_are_enough_trials(search_a, capsy
     for view in ("optimization_history", "parallel_coordinate", "intermediate_values"):
         assert (out / f"{view}.html").stat().st_size > 1000 and (out / f"{view}.png").stat().st_size > 1000
     assert (out / "plotly.min.js").is_file() and not (out / "param_importances.png").exists()
+    assert "(3 complete trials)" in (out / "optimization_history.html").read_text()  # what it rests on
+    assert "(3 trials with per-epoch values)" in (out / "intermediate_values.html").read_text()
     notes = (search_a.report_dir / "notes.txt").read_text()
     assert "Optuna param_importances not drawn: 3 complete trials, it needs at least 10" in notes
     client, state = _client(search_a)

@@ -21,17 +21,22 @@ MIN_TRIALS = {"optimization_history": 1, "parallel_coordinate": 2, "intermediate
               "param_importances": 10}  # complete trials (intermediate: trials with per-epoch values)
 
 
-def _draw(name: str, kwargs: dict[str, Any], out: Path) -> list[Path]:
+def _draw(name: str, kwargs: dict[str, Any], out: Path, basis: str) -> list[Path]:
+    """One view as HTML and PNG, its title saying what it rests on (``basis``: "3 complete trials")."""
     import matplotlib.pyplot as plt
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
     html, png = out / f"{name}.html", out / f"{name}.png"
-    getattr(vis, f"plot_{name}")(**kwargs).write_html(str(html), include_plotlyjs="directory")  # plotly.min.js beside it: works offline
+    figure = getattr(vis, f"plot_{name}")(**kwargs)
+    figure.update_layout(title_text=f"{figure.layout.title.text or name} ({basis})")
+    figure.write_html(str(html), include_plotlyjs="directory")  # plotly.min.js beside it: works offline
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backend is "experimental" in Optuna
         ax = getattr(vis_mpl, f"plot_{name}")(**kwargs)
-    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    first = ax if hasattr(ax, "figure") else ax.flat[0]
+    first.set_title(f"{first.get_title() or name} ({basis})")
+    fig = first.figure
     fig.set_size_inches(8, 5)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
@@ -59,14 +64,14 @@ def optuna_views(state: SearchState, space: SearchSpace, out_dir: Path) -> tuple
     notes: list[str] = []
     for name, (have, kwargs) in views.items():
         need = MIN_TRIALS[name]
+        what = "trials with per-epoch values" if name == "intermediate_values" else "complete trials"
         if have < need:
-            what = "trials with per-epoch values" if name == "intermediate_values" else "complete trials"
             notes.append(f"Optuna {name} not drawn: {have} {what}, it needs at least {need}")
             for stale in (out / f"{name}.html", out / f"{name}.png"):
                 stale.unlink(missing_ok=True)
             continue
         try:
-            files += _draw(name, {"study": study, **kwargs}, out)
+            files += _draw(name, {"study": study, **kwargs}, out, f"{have} {what}")
             if out / "plotly.min.js" not in files and (out / "plotly.min.js").is_file():
                 files.append(out / "plotly.min.js")
         except (ValueError, RuntimeError, ImportError) as exc:

@@ -58,6 +58,7 @@ def _session_start(state: SearchState) -> float:
 
 
 def progress(layout: SearchLayout, state: SearchState | None = None, space: SearchSpace | None = None) -> Progress:
+    """Where the search stands now; "running" only while a driver holds its lock."""
     state = state or SearchState.load(layout)
     space = space or load_space(layout.space_file)
     summaries = TrialSummary.load_all(layout)
