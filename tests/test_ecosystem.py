@@ -378,3 +378,17 @@ def test_ls_status_stop_then_resume(ray_local, search_a, storage, tmp_path, caps
     assert final.startswith("search eco-c: finished, 2/2 trials done (2 complete")
     assert "best: child/mig=" in final and not Path("ignored-on-resume.db").exists()
     assert {s.status for s in TrialSummary.load_all(layout)} == {COMPLETED}
+
+
+def test_a_busy_shared_sqlite_store_is_journaled_not_fatal(tmp_path):
+    """Searches of one storage share its SQLite store; a write that meets another driver's lock
+    goes to the journal (replayed later), as an unreachable server's does."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from search.tracking.client import unreachable
+
+    busy = sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
+    assert unreachable(busy)
+    assert not unreachable(sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("no such table")))

@@ -60,9 +60,9 @@ RECONNECT_EVERY_S = 20.0
 
 
 def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the tracking store cannot be reached right now" (connection
-    refused, timeout, a server answering 5xx until retries ran out), as opposed to a request
-    the store rejects. Only the former is journaled: replaying a rejected write would fail again."""
+    """Whether ``exc`` means "the store cannot take writes now" (refused, timeout, 5xx until retries
+    ran out, a shared SQLite file locked by another driver), not a write it rejects; only the former
+    is journaled: replaying a rejected write would fail again."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -73,6 +73,8 @@ def unreachable(exc: BaseException) -> bool:
             return True
         text = str(cur)
         if "Max retries exceeded" in text or "Failed to establish a new connection" in text:
+            return True
+        if "database is locked" in text:  # a SQLite store shared by several searches' drivers, busy
             return True
         cur = cur.__cause__ or cur.__context__
     return False
