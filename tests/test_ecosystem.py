@@ -392,3 +392,18 @@ def test_a_busy_shared_sqlite_store_is_journaled_not_fatal(tmp_path):
     busy = sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
     assert unreachable(busy)
     assert not unreachable(sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("no such table")))
+
+
+def test_launch_takes_a_file_a_dict_or_a_search_space(tmp_path):
+    """The three forms ``search.launch`` accepts give the same space, overrides applied."""
+    from search.run.lifecycle import prepare_space
+    from search.space import load_space, space_from_dict
+
+    data = _space(num_samples=5)
+    path = tmp_path / "eco.yaml"
+    path.write_text(yaml.safe_dump(data))
+    overrides = {"child.epochs": 4, "search.num_samples": 3}
+    spaces = [prepare_space(form, settings=overrides)
+              for form in (path, str(path), data, load_space(path), space_from_dict(data))]
+    assert all(s.to_dict() == spaces[0].to_dict() for s in spaces)
+    assert spaces[0].num_trials == 3 and spaces[0].base_config().child.epochs == 4
