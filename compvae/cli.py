@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from compvae import __version__
 from compvae.config import TrialConfig, parse_yaml, preset
 from compvae.data import check_trial_data
 from compvae.errors import REPORTED, ArgumentParser, TrialFailed, UserError, report_error
@@ -92,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="compvae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one parent -> mask -> child trial")
     train.add_argument("config", nargs="?", help="TrialConfig YAML (e.g. exported from a search)")

@@ -16,6 +16,7 @@ _WARNED: set[tuple[str, str]] = set()
 SKLEARN_TESTED = ((1, 4), (1, 99))
 OPTUNA_TESTED = ((5, 0), (5, 99))
 RAY_TESTED = ((2, 60), (2, 60))
+MLFLOW_TESTED = ((3, 17), (3, 17))
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -60,6 +61,18 @@ def fail_study_trial(study: Any, trial: Any, attr: str, text: str) -> None:
     storage, trial_id = study._storage, trial._trial_id
     storage.set_trial_user_attr(trial_id, attr, text)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def set_study_trial_attrs(study: Any, number: int, attrs: dict[str, Any]) -> None:
+    """User attributes on a study's trial given by number, from outside its ``Trial`` object (the
+    searcher owns that): ``study._storage`` and ``study._study_id``."""
+    import optuna
+
+    _check("optuna", optuna.__version__, OPTUNA_TESTED, "Study._storage")
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
 
 
 def study_trial_finished(study: Any, trial: Any) -> bool:
@@ -113,3 +126,17 @@ def optuna_search_state(searcher: Any) -> tuple[dict[str, Any], Any, set[str]]:
     except AttributeError as exc:
         raise RuntimeError(f"ray {ray.__version__}: OptunaSearch's internals changed ({exc}); "
                            "check compvae/compat.py for this release") from None
+
+
+def mlflow_context_tags() -> dict[str, str]:
+    """MLflow's own run-context tags (user, source name and type, git commit) as its fluent API
+    sets them; the explicit client does not, so they come from ``resolve_tags`` (private)."""
+    import mlflow
+
+    _check("mlflow", mlflow.__version__, MLFLOW_TESTED, "mlflow.tracking.context.registry.resolve_tags")
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+    except ImportError as exc:
+        raise RuntimeError(f"mlflow {mlflow.__version__}: resolve_tags moved ({exc}); "
+                           "check compvae/compat.py for this release") from None
+    return {k: str(v) for k, v in resolve_tags().items()}

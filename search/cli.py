@@ -4,8 +4,12 @@
                                             [--address ADDR] [--num-samples N]
                                             [--max-concurrent N] [--seed S]
                                             [--no-parent-reuse]
+                                            [--set KEY=VALUE ...] [--dry-run]
     compvae-search resume NAME_OR_DIR
-    compvae-search export NAME_OR_DIR --out DIR [--top K]
+    compvae-search ls [--storage DIR]
+    compvae-search status NAME_OR_DIR
+    compvae-search stop NAME_OR_DIR
+    compvae-search export NAME_OR_DIR --out DIR [--top K] [--register MODEL]
     compvae-search report NAME_OR_DIR [--group-by KNOB]
     compvae-search ui NAME_OR_DIR [--port 5000]
 
@@ -21,7 +25,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from compvae import __version__
 from compvae.errors import REPORTED, ArgumentParser, UserError, first_line, report_error
 
 
@@ -63,14 +69,100 @@ def _check_port_free(port: int) -> None:
                             "choose another port") from None
 
 
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    from compvae.config import parse_yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set child.epochs=4 or "
+                            "--set search.num_samples=20")
+        out[key.strip()] = parse_yaml(value, f"--set {item}")
+    return out
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
+    if args.dry_run:  # no Ray, no folder: the space and settings checked, the plan printed
+        from search.analysis.plan import plan_text
+        from search.run.checks import check_search_data
+        from search.run.lifecycle import prepare_space, search_name
+
+        space = prepare_space(args.space, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                              seed=args.seed, reuse_parents=False if args.no_parent_reuse else None,
+                              settings=_parse_set(args.set))
+        space = check_search_data(space)
+        print(plan_text(space, search_name(space, args.name)))
+        return 0
     from search.run.lifecycle import launch
 
     outcome = launch(args.space, name=args.name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                      address=args.address, num_samples=args.num_samples,
                      max_concurrent=args.max_concurrent, seed=args.seed,
-                     reuse_parents=False if args.no_parent_reuse else None)
+                     reuse_parents=False if args.no_parent_reuse else None, settings=_parse_set(args.set))
     return 0 if outcome.finished else 130
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from search.analysis.progress import progress, searches_in
+    from search.layout import storage_root
+
+    layouts = searches_in(args.storage)
+    if not layouts:
+        print(f"no searches in {storage_root(args.storage)}")
+        return 0
+    rows = []
+    for layout in layouts:
+        try:
+            p = progress(layout)
+        except UserError as exc:  # one broken folder must not hide the others
+            rows.append((layout.name, "unreadable", "-", "-", "-", first_line(exc)[:60]))
+            continue
+        best = ", ".join(f"{m}={v:.4g}" for m, v in p.best.items()) or "-"
+        rows.append((p.name, p.status, f"{p.done}/{p.total}", best, p.started, ""))
+    header = ("search", "status", "trials", "best", "started", "")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + (f"  {r[5]}" if r[5] else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from search.analysis.progress import progress, status_text
+    from search.layout import resolve_search
+
+    print(status_text(progress(resolve_search(args.search, args.storage))))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Ctrl-C for a driver in another terminal: SIGINT, then wait until it let go of the search."""
+    import os
+    import signal
+    import time
+
+    from search.layout import SearchState, driver_process, driver_running, resolve_search
+
+    layout = resolve_search(args.search, args.storage)
+    driver = driver_process(layout)
+    if driver is None:
+        raise UserError(f"search {layout.name} is not running (status: {SearchState.load(layout).status}); "
+                        f"nothing to stop")
+    if driver.get("host") != socket.gethostname():
+        raise UserError(f"search {layout.name}: its driver runs on {driver.get('host')} (pid {driver.get('pid')}); "
+                        "run `compvae-search stop` there")
+    os.kill(int(driver["pid"]), signal.SIGINT)
+    print(f"asked search {layout.name} to stop (SIGINT to its driver, pid {driver['pid']}); waiting up to "
+          f"{args.timeout}s for trials in flight to checkpoint", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while driver_running(layout):
+        if time.monotonic() > deadline:
+            raise UserError(f"search {layout.name}: the driver is still stopping after {args.timeout}s; "
+                            "check it, or wait longer with --timeout")
+        time.sleep(0.5)
+    print(f"stopped: {layout.name} is {SearchState.load(layout).status}; continue with "
+          f"`compvae-search resume {layout.root}`")
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -93,8 +185,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.analysis.export import export_best
     from search.analysis.results import TrialSummary, format_table, trials_frame
 
+    if args.register is not None and (not args.register.strip() or any(c in args.register for c in "/:")):
+        raise UserError(f"--register {args.register!r}: an MLflow model name, non-empty and without '/' or ':'")
     out = check_folder("--out", args.out)
     layout, state, space = _open(args)
+    if args.register and space.multi_objective:
+        raise UserError(f"--register {args.register}: search {layout.name} has several objectives (a Pareto "
+                        "front, no single best); register one trial's run with MLflow instead")
     written = export_best(layout, space, out, top=args.top, state=state)
     chosen = {p.stem.split("_", 1)[1] for p in written}
     frame = trials_frame([s for s in TrialSummary.load_all(layout) if s.name in chosen], space)
@@ -102,6 +199,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     for p in written:
         print(f"wrote {p}")
     print(f"retrain one with: compvae train {written[0]} --out DIR")
+    if args.register:
+        from mlflow.tracking import MlflowClient
+
+        from search.tracking.models import register_child
+
+        best = written[0].stem.split("_", 1)[1]  # rank01_<trial>: the best
+        summary = next(s for s in TrialSummary.load_all(layout) if s.name == best)
+        if not summary.mlflow_run_id:
+            raise UserError(f"--register {args.register}: trial {best} has no MLflow run; run "
+                            f"`compvae-search report {layout.root}` once the store is reachable")
+        try:
+            version = register_child(MlflowClient(state.mlflow_uri), summary.mlflow_run_id, args.register)
+        except Exception as exc:  # a name MLflow refuses, a store that is away: one line
+            raise UserError(f"--register {args.register}: MLflow refused it ({first_line(exc)[:200]}); the "
+                            f"configs are exported in {out}; fix the name or the store and run export again") from None
+        print(f"registered {best}'s child as model '{args.register}' version {version.version} "
+              f"(models:/{args.register}/{version.version} in {state.mlflow_uri})")
     return 0
 
 
@@ -182,14 +296,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from search.tracking.context import experiment_url
+
     layout, state, _space = _open(args)
     if state.mlflow_uri.startswith(("http://", "https://")):
-        print(f"search {layout.name} logs to {state.mlflow_uri}: open it in a browser")
+        print(f"search {layout.name} logs to {state.mlflow_uri}: open "
+              f"{experiment_url(state.mlflow_uri, state.mlflow_experiment_id or '0')}")
         return 0
     _check_port_free(args.port)  # after _open: a missing search is the first thing to fix
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state.mlflow_uri,
            "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI for {layout.name} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    url = experiment_url(f"http://127.0.0.1:{args.port}", state.mlflow_experiment_id or "0")
+    print(f"MLflow UI for {layout.name}: {url} (Ctrl-C to stop)", flush=True)
     try:
         return subprocess.call(cmd, cwd=str(layout.root))
     except KeyboardInterrupt:
@@ -199,6 +317,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="compvae-search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("launch", help="start a search from a space YAML")
@@ -213,7 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg, help="override search.seed (the sampler's seed)")
     p.add_argument("--no-parent-reuse", action="store_true",
                    help="train a parent in every trial (search.reuse_parents: false); for comparisons")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the space's base config (child.epochs=4) or a search "
+                        "setting (search.num_samples=20); repeatable")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the space and print the plan (trials, parents, resources, rough time); "
+                        "starts nothing")
     p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("ls", help="every search in a storage folder: status, trials done, best, start")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("status", help="progress, elapsed, ETA, running best and failures of a search")
+    p.add_argument("search", metavar="NAME_OR_DIR")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", help="stop a running search gracefully (as Ctrl-C); `resume` continues it")
+    p.add_argument("search", metavar="NAME_OR_DIR")
+    p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.add_argument("--timeout", type=_positive, default=300, help="seconds to wait for the driver (default 300)")
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("resume", help="continue an interrupted search")
     p.add_argument("search", metavar="NAME_OR_DIR")
@@ -226,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--top", type=_positive, help="how many configs (default: 1, or the whole Pareto front)")
     p.add_argument("--storage", help="folder holding searches (default: ./searches)")
+    p.add_argument("--register", metavar="NAME",
+                   help="also register the best trial's child (MLflow PyTorch model) as model NAME")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="trials table and figures (saved and logged to MLflow)")

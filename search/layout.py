@@ -7,20 +7,24 @@ SQLite/MLflow/Ray resolve relative paths against whichever process opens them)::
       space.yaml      the space as launched (command-line overrides applied): resume reads it
       search.json     name, MLflow URI/experiment/parent run, Optuna URL, Ray address, status
       optuna.db       the Optuna study (RDBStorage, written by the driver only)
-      mlflow.db       the default MLflow store (written by the driver only)
-      mlartifacts/    artifacts of the default MLflow store
       tune/           Ray Tune's experiment (tuner.pkl, experiment state, trial checkpoints)
       trials/<trial>/ run_trial outputs (config.yaml, metrics.json, figures/, weights),
                       summary.json (written by the driver), attempts.jsonl (by the trial)
       parents/        trained parents shared between trials (compvae.parent_store)
       report/         trials table and figures;  export/  best / Pareto configs
       driver.lock     held by the one driver running this search
+      driver.pid      pid and host of that driver (`compvae-search stop` signals it)
+    <storage>/mlflow.db, <storage>/mlartifacts/
+                      the default MLflow store, one per storage folder: every search of a space
+                      there is a run in the space's experiment, side by side in the UI
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -32,6 +36,7 @@ from compvae.io import atomic_write_json
 
 DEFAULT_STORAGE = "searches"
 STATE_FILE = "search.json"
+DRIVER_PID = "driver.pid"
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,18 @@ class SearchLayout:
         return f"sqlite:///{self.root / 'optuna.db'}"
 
     @property
+    def storage(self) -> Path:
+        """The storage folder holding this search (and the default MLflow store)."""
+        return self.root.parent
+
+    @property
     def default_mlflow_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return f"sqlite:///{self.storage / 'mlflow.db'}"
 
     @property
     def mlartifacts(self) -> Path:
-        return self.root / "mlartifacts"
+        return self.storage / "mlartifacts"
+
 
     @property
     def tune_dir(self) -> Path:
@@ -171,7 +182,21 @@ def driver_lock(layout: SearchLayout) -> Iterator[None]:
         except OSError:
             raise UserError(f"search {layout.root} is already being run by another driver; "
                             "wait for it or stop it first") from None
-        try:
+        pid_file = layout.root / DRIVER_PID
+        try:  # who holds the lock: `compvae-search stop` signals it
+            pid_file.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
             yield
         finally:
+            pid_file.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def driver_process(layout: SearchLayout) -> dict[str, Any] | None:
+    """``{"pid", "host"}`` of the driver running this search now, or None."""
+    path = layout.root / DRIVER_PID
+    if not driver_running(layout) or not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None

@@ -14,6 +14,8 @@ from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+TUNE_TRIAL_ATTR = "tune_trial_id"  # an Optuna trial's user attribute: the Tune trial it runs as
+
 # Keys Tune adds to every result: never logged as metrics.
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | frozenset(DEBUG_METRICS) | {
     "done", "trial_id", "experiment_tag", "should_checkpoint", "iterations_since_restore",

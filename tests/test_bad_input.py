@@ -533,3 +533,32 @@ def test_export_of_a_stopped_search_does_not_call_its_trials_running(write_space
     line = _one_line(capsys.readouterr().err)
     assert rc == 2 and "2 unfinished (search stopped; resume it)" in line and "running" not in line, line
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--set", "child.epoks=3"], ["--set: base: child.epoks: unknown field; remove it or check its spelling"]),
+    (["--set", "child.beta=2"], ["--set child.beta: this space searches child.beta (params)"]),
+    (["--set", "search.num_samples"], ["--set search.num_samples: expected KEY=VALUE"]),
+    (["--set", "child.epochs=4", "--dry-run", "--set", "search.max_concurrent=0"],
+     ["--set: search.max_concurrent: Input should be greater than or equal to 1"]),
+])
+def test_launch_set_is_checked_before_anything_starts(extra, fragments, write_space, tmp_path, capsys):
+    rc = search_main(["launch", str(write_space()), "--storage", str(tmp_path / "s"), *extra])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2, line
+    for frag in fragments:
+        assert frag in line, line
+    assert not (tmp_path / "s").exists()
+
+
+def test_stop_and_register_refuse_with_one_line(write_space, tmp_path, capsys):
+    root = _fake_search(tmp_path, write_space)
+    assert search_main(["stop", str(root)]) == 2
+    assert _one_line(capsys.readouterr().err) == ("error: search old is not running (status: interrupted); "
+                                                  "nothing to stop")
+    out = tmp_path / "export"
+    assert search_main(["export", str(root), "--out", str(out), "--register", "a:b"]) == 2
+    assert "--register 'a:b': an MLflow model name" in _one_line(capsys.readouterr().err)
+    assert search_main(["status", "nosuch", "--storage", str(tmp_path / "s")]) == 2
+    assert "no search 'nosuch'" in _one_line(capsys.readouterr().err)
+    assert not out.exists()

@@ -101,7 +101,7 @@ def test_two_node_cluster_search_runs_on_the_worker_node_and_exports(cluster, tm
     layout = SearchLayout(storage / "two-node")
     state = SearchState.load(layout)
     assert state.status == "finished" and state.ray_address == nodes.address
-    assert not (layout.root / "mlflow.db").exists()  # everything went to the server
+    assert not (layout.storage / "mlflow.db").exists()  # everything went to the server
 
     record = load_record(layout)
     assert record is not None and len(record["points"]) == 2

@@ -82,3 +82,23 @@ def test_optuna_search_state_reads_the_searchers_live_trials():
     assert len(study.trials) == 1 and completed == set()
     with pytest.raises(RuntimeError, match="OptunaSearch's internals changed"):
         compat.optuna_search_state(object())
+
+
+def test_mlflow_context_tags_name_the_user_and_source():
+    import getpass
+
+    tags = compat.mlflow_context_tags()
+    assert tags["mlflow.user"] == getpass.getuser()
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+
+
+def test_set_study_trial_attrs_reaches_a_running_trial(tmp_path):
+    import optuna
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.ask()
+    second = study.ask()
+    compat.set_study_trial_attrs(study, 1, {"trial_name": "trial_00002", "mlflow_run_id": "abc"})
+    reloaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert reloaded.trials[1].user_attrs == {"trial_name": "trial_00002", "mlflow_run_id": "abc"}
+    assert reloaded.trials[0].user_attrs == {} and second.number == 1

@@ -46,7 +46,7 @@ def test_search_on_a_ray_start_cluster_logging_to_mlflow_server(services, write_
     layout = SearchLayout(tmp_path / "s" / "e2e-cluster")
     state = SearchState.load(layout)
     assert state.ray_address == address and state.mlflow_uri == mlflow_uri
-    assert not (layout.root / "mlflow.db").exists()  # everything went to the server
+    assert not (layout.storage / "mlflow.db").exists()  # everything went to the server
 
     summaries = TrialSummary.load_all(layout)
     assert len(summaries) == 3 and any(s.status == COMPLETED for s in summaries)

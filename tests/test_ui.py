@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -104,13 +105,14 @@ def test_search_ran_on_the_ray_start_cluster(real_stack):
     for s in summaries:
         lines = (layout.trial_dir(s.name) / "attempts.jsonl").read_text().splitlines()
         assert all(json.loads(x)["ray"].endswith(f":{port}") for x in lines), lines
-    assert not (layout.root / "mlflow.db").exists()  # everything went to the server
+    assert not (layout.storage / "mlflow.db").exists()  # everything went to the server
 
 
 def test_rest_api_serves_the_parent_and_nested_runs(real_stack):
     layout, state, url = real_stack
     exp = _api(url, "experiments/get-by-name", experiment_name="tiny")["experiment"]
     assert exp["experiment_id"] == state.mlflow_experiment_id
+    assert _kv(exp.get("tags"))["mlflow.experimentKind"] == "custom_model_development"
 
     parent = _api(url, "runs/get", run_id=state.mlflow_parent_run_id)["run"]
     assert parent["info"]["run_name"] == "ui-search" and parent["info"]["status"] == "FINISHED"
@@ -170,6 +172,27 @@ def _wait_text(driver: Any, texts: list[str], timeout: float = 60) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"MLflow UI never showed {texts}; page text: {body[:1500]}")
         time.sleep(0.5)
+
+
+def test_experiment_link_opens_on_its_runs_table(real_stack, capsys):
+    """The link `compvae-search ui` prints opens the runs table (no click on "Model training":
+    MLflow 3.17 picks the mode by a UI-wide switch, not the experiment's kind tag), with the
+    Source and Dataset columns filled (MLflow's context tags, the logged dataset)."""
+    layout, state, url = real_stack
+    assert main(["ui", str(layout.root)]) == 0
+    link = capsys.readouterr().out.strip().rsplit(" ", 1)[1]
+    assert link == f"{url}/#/experiments/{state.mlflow_experiment_id}/runs?workflowType=machine_learning"
+    driver = _browser()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        driver.get(link)
+        body = _wait_text(driver, ["ui-search", f"{NUM_TRIALS + 1} matching runs", "Dataset", "Source"])
+        assert "Token Usage" not in body  # not the GenAI overview
+        assert re.search(r"shapes \([0-9a-f]{12}\)", body), body[:1500]  # the Dataset column
+    finally:
+        driver.save_screenshot(str(ARTIFACTS / "mlflow_experiment.png"))
+        (ARTIFACTS / "mlflow_experiment.txt").write_text(driver.find_element("tag name", "body").text)
+        driver.quit()
 
 
 def test_mlflow_ui_lists_the_parent_run_and_its_trials(real_stack):

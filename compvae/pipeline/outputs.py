@@ -51,6 +51,17 @@ def write_outputs(out: Path, cfg: TrialConfig, data: TrialData, parent: VAE, chi
 
 
 @torch.no_grad()
+def write_mask_figure(fig_dir: Path, cfg: TrialConfig, data: TrialData, masker: Masker) -> Path:
+    """The mask pipeline alone: what a trial that failed on an empty mask leaves to look at."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    n = min(cfg.eval.num_figure_images, len(data.test_child))
+    x_child = data.test_child[:n]
+    steps = masker(x_child, stochastic=False, return_steps=True, factors=data.test_factors[:n])
+    return Path(figures.mask_pipeline_figure(steps, to_parent_resolution(x_child, cfg.parent.resolution),
+                                             fig_dir / "mask_pipeline.png", n=n, overlay_images=x_child))
+
+
+@torch.no_grad()
 def write_figures(fig_dir: Path, cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE,
                   masker: Masker) -> list[Path]:
     fig_dir.mkdir(parents=True, exist_ok=True)

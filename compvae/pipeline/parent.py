@@ -18,7 +18,13 @@ from compvae.models import VAE, build_vae
 from compvae.parent_store import ParentStore, parent_key
 from compvae.pipeline.data import TrialData
 from compvae.pipeline.evaluation import evaluate_parent
-from compvae.pipeline.state import LATENT_FILE, PARENT_METRICS, PARENT_TRAINER, PARENT_WEIGHTS
+from compvae.pipeline.state import (
+    LATENT_FILE,
+    PARENT_HISTORY,
+    PARENT_METRICS,
+    PARENT_TRAINER,
+    PARENT_WEIGHTS,
+)
 from compvae.progress import Progress
 from compvae.training import Trainer, seed_everything
 
@@ -47,8 +53,13 @@ def train_parent(cfg: TrialConfig, data: TrialData, device: torch.device, work: 
     if state is not None and state.exists():
         trainer.load(state)
         prog.write(f"parent resumed at epoch {trainer.epoch}")
+    history_file = work / PARENT_HISTORY if work is not None else None
+    history = json.loads(history_file.read_text()) if history_file is not None and history_file.exists() else []
     while trainer.epoch < cfg.parent.epochs:
         logs = trainer.train_epoch()
+        if history_file is not None:  # the training curve, for the tracker (before the trainer)
+            history = [h for h in history if h["epoch"] < trainer.epoch] + [{"epoch": trainer.epoch, **logs}]
+            atomic_write_text(history_file, json.dumps(history))
         if state is not None:
             trainer.save(state)
         prog.epoch("parent", trainer.epoch, cfg.parent.epochs,

@@ -15,6 +15,7 @@ import numpy as np
 PARENT_WEIGHTS = "parent.pt"
 PARENT_METRICS = "parent_metrics.json"
 PARENT_TRAINER = "parent_trainer.pt"
+PARENT_HISTORY = "parent_history.json"  # per-epoch training logs, beside the trainer (also in the store)
 LATENT_FILE = "latent.json"
 CHILD_TRAINER = "child_trainer.pt"
 CHILD_METRICS = "child_metrics.json"

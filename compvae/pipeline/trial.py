@@ -16,17 +16,19 @@ from typing import Any
 import torch
 
 from compvae.config import TrialConfig
+from compvae.errors import EmptyMaskError
 from compvae.io import atomic_write_text
 from compvae.parent_store import ParentStore, parent_key
 from compvae.pipeline.data import load_data
 from compvae.pipeline.evaluation import child_recon_metrics, evaluate_child
 from compvae.pipeline.masking import Masker, ParentCode, check_joint_coverage
 from compvae.pipeline.objectives import build_child, child_trainer
-from compvae.pipeline.outputs import write_outputs
+from compvae.pipeline.outputs import write_mask_figure, write_outputs
 from compvae.pipeline.parent import focus_latent, obtain_parent, stored_metrics_path
 from compvae.pipeline.state import (
     CHILD_METRICS,
     CHILD_TRAINER,
+    FIGURES_DIR,
     HISTORY_FILE,
     LIGHT_EVAL,
     read_history,
@@ -70,7 +72,12 @@ def run_trial(
     masker = Masker(cfg, parent, latent, data)
     pcode = ParentCode(cfg, parent)
     child = build_child(cfg, data.child_data.channels, device)
-    trainer, mask_metrics = child_trainer(cfg, data, parent, child, masker, device)
+    try:
+        trainer, mask_metrics = child_trainer(cfg, data, parent, child, masker, device)
+    except EmptyMaskError:
+        if out_dir is not None and cfg.eval.figures:  # the figure that explains the failure
+            write_mask_figure(Path(out_dir) / FIGURES_DIR, cfg, data, masker)
+        raise
     if ckpt is not None and (ckpt / CHILD_TRAINER).exists():
         trainer.load(ckpt / CHILD_TRAINER)
         prog.write(f"child  resumed at epoch {trainer.epoch}")

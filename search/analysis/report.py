@@ -220,6 +220,12 @@ def build_report(layout: SearchLayout, space: SearchSpace, state: SearchState | 
                 files.append(table)
             except (RuntimeError, ValueError) as exc:
                 notes.append(f"param importances skipped: {exc}")
+    if state is not None:
+        from search.analysis.optuna_views import optuna_views
+
+        views, view_notes = optuna_views(state, space, out)
+        files += views
+        notes += view_notes
     notes_file = out / "notes.txt"
     if notes:
         notes_file.write_text("\n".join(notes) + "\n")
@@ -228,5 +234,6 @@ def build_report(layout: SearchLayout, space: SearchSpace, state: SearchState | 
         notes_file.unlink(missing_ok=True)
     if tracker is not None and state is not None and state.mlflow_parent_run_id:
         for f in files:
-            tracker.log_artifact(state.mlflow_parent_run_id, f, "report")
+            artifact_dir = "report" if f.parent == out else f"report/{f.parent.name}"
+            tracker.log_artifact(state.mlflow_parent_run_id, f, artifact_dir)
     return files

@@ -19,25 +19,26 @@ from search.layout import (
 from search.space import SearchSpace, space_from_dict
 
 
-def normalise_mlflow_uri(uri: str) -> str:
+def normalise_mlflow_uri(uri: str, field: str = "--mlflow-uri") -> str:
+    """An absolute, checked tracking URI; a bad one is one line naming ``field``."""
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path:
-            raise UserError(f"--mlflow-uri {uri}: expected sqlite:///path/to/mlflow.db")
+            raise UserError(f"{field} {uri}: expected sqlite:///path/to/mlflow.db")
         # relative: against the user's cwd, made absolute now; its folder must be creatable
-        path = str(check_file_target("--mlflow-uri", path, shown=uri))
+        path = str(check_file_target(field, path, shown=uri))
         return f"sqlite:///{path}"
     if parsed.scheme in ("http", "https"):
         return uri.rstrip("/")
     if parsed.scheme in ("postgresql", "mysql", "mssql") or parsed.scheme.startswith(("postgresql+", "mysql+")):
-        _check_db_driver(uri)
+        _check_db_driver(uri, field)
         return uri
-    raise UserError(f"--mlflow-uri {uri}: use sqlite:///ABS/PATH.db, a database URL, or http(s)://host:port "
+    raise UserError(f"{field} {uri}: use sqlite:///ABS/PATH.db, a database URL, or http(s)://host:port "
                     "of `mlflow server` (MLflow 3 refuses plain folders)")
 
 
-def _check_db_driver(uri: str) -> None:
+def _check_db_driver(uri: str, field: str = "--mlflow-uri") -> None:
     """A database URI whose Python driver is missing fails now, not after Ray has started.
     ``create_engine`` imports the driver without connecting."""
     import sqlalchemy
@@ -45,7 +46,7 @@ def _check_db_driver(uri: str) -> None:
     try:
         sqlalchemy.create_engine(uri).dispose()
     except Exception as exc:  # NoSuchModuleError, ModuleNotFoundError, ArgumentError
-        raise UserError(f"--mlflow-uri {uri}: cannot use this database URI ({type(exc).__name__}: "
+        raise UserError(f"{field} {uri}: cannot use this database URI ({type(exc).__name__}: "
                         f"{first_line(exc)}); install its Python driver (e.g. psycopg2-binary, pymysql) "
                         "or use sqlite:///ABS/PATH.db") from None
 

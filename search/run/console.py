@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from search.analysis.progress import eta_seconds, format_duration
 from search.analysis.results import FINAL_FAILURE
 from search.trials import final_epoch, trial_error, trial_label
 
@@ -26,7 +27,10 @@ def _fmt(v: Any) -> str:
 
 class ConsoleCallback(Callback):
     def __init__(self, metrics: list[str], params: list[str], total: int, base_epochs: int,
-                 asha_metric: str | None = None, stream: TextIO | None = None) -> None:
+                 asha_metric: str | None = None, stream: TextIO | None = None,
+                 modes: list[str] | None = None) -> None:
+        self.modes = list(modes) if modes else ["max"] * len(metrics)
+        self._best: dict[str, tuple[float, str]] = {}
         self.asha_metric = asha_metric
         self._asha_warned = False
         self.metrics = list(metrics)
@@ -75,17 +79,39 @@ class ConsoleCallback(Callback):
                         "ASHA cannot stop weak trials early; set search.scheduler.metric/mode to a per-epoch "
                         "metric such as child/mig")
 
+    def _outlook(self, trials: list[Trial]) -> str:
+        """Trials done of the search, the ETA at this session's rate, the running best."""
+        done = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._done
+        elapsed = time.monotonic() - self._t0
+        eta = eta_seconds(len(self._done), self.total - (len(done) - len(self._done)), elapsed)
+        text = f"{len(done)}/{self.total} done, ETA {format_duration(eta) if eta is not None else '?'}"
+        best = getattr(self, "_best", {})
+        if best:
+            text += ", best " + " ".join(f"{m}={_fmt(v)} ({n})" for m, (v, n) in best.items())
+        return text
+
+    def _update_best(self, trial: Trial, result: dict[str, Any]) -> None:
+        best = self.__dict__.setdefault("_best", {})
+        for m, mode in zip(self.metrics, getattr(self, "modes", None) or ["max"] * len(self.metrics), strict=True):
+            v = result.get(m)
+            if not isinstance(v, (int, float)) or v != v:
+                continue
+            if m not in best or (v > best[m][0] if mode == "max" else v < best[m][0]):
+                best[m] = (float(v), trial_label(trial))
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._done.add(trial.trial_id)
         last = trial.last_result or {}
         epoch = int(last.get("epoch", 0))
-        how = "completed" if epoch >= self._final(trial) else f"stopped by ASHA at epoch {epoch}"
-        self._print(f"{trial_label(trial)} {how}  {self._objectives(last)}  "
-                    f"({len(self._done)} done this session, {self.total} in the search)")
+        complete = epoch >= self._final(trial)
+        how = "completed" if complete else f"stopped by ASHA at epoch {epoch}"
+        if complete:
+            self._update_best(trial, last)
+        self._print(f"{trial_label(trial)} {how}  {self._objectives(last)}  ({self._outlook(trials)})")
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(f"{trial_label(trial)} failed, retrying from its last checkpoint: {trial_error(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._done.add(trial.trial_id)
-        self._print(f"{trial_label(trial)} FAILED: {trial_error(trial)}")
+        self._print(f"{trial_label(trial)} FAILED: {trial_error(trial)}  ({self._outlook(trials)})")

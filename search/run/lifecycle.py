@@ -8,9 +8,10 @@ import datetime as dt
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from compvae import __version__
 from compvae.errors import SearchFailed, UserError
@@ -43,10 +44,10 @@ from search.run.checks import (
 )
 from search.run.session import quiet_tune, ray_session
 from search.run.tuner import new_tuner, trainable
-from search.space import NAME_RE, SearchSpace, load_space
+from search.space import NAME_RE, SearchSpace, load_space, space_from_dict
 from search.tracking.client import MlflowTracker
 from search.tracking.journal import JOURNAL, sync_pending
-from search.tracking.parent_run import start_search_run
+from search.tracking.parent_run import log_outcome, start_search_run
 
 Printer = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -60,25 +61,50 @@ class Outcome:
 
 
 # ---- entry points ----------------------------------------------------------------------------
-def launch(space_path: str | Path, *, name: str | None = None, storage: str | Path | None = None,
-           mlflow_uri: str | None = None, address: str | None = None, num_samples: int | None = None,
-           max_concurrent: int | None = None, seed: int | None = None, reuse_parents: bool | None = None,
-           out: Printer = print) -> Outcome:
+def launch(space_path: str | Path | dict[str, Any] | SearchSpace, *, name: str | None = None,
+           storage: str | Path | None = None, mlflow_uri: str | None = None, address: str | None = None,
+           num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
+           reuse_parents: bool | None = None, settings: dict[str, Any] | None = None,
+           callbacks: Sequence[Any] = (), out: Printer = print) -> Outcome:
     quiet_tune()
-    space = load_space(space_path).with_overrides(num_samples, max_concurrent, seed, reuse_parents)
-    return _launch(space, name=name, storage=storage, mlflow_uri=mlflow_uri, address=address, out=out)
+    space = prepare_space(space_path, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
+                          reuse_parents=reuse_parents, settings=settings)
+    return _launch(space, name=name, storage=storage, mlflow_uri=mlflow_uri, address=address, out=out,
+                   callbacks=callbacks)
 
 
-def _launch(space: SearchSpace, *, name: str | None, storage: str | Path | None, mlflow_uri: str | None,
-            address: str | None, out: Printer, address_source: str = "--address") -> Outcome:
-    """Every check that needs no Ray (space, data, paths, MLflow URI) runs before Ray starts."""
-    space = check_search_data(space)
-    recorded = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
+def prepare_space(space: str | Path | dict[str, Any] | SearchSpace, *, num_samples: int | None = None,
+                  max_concurrent: int | None = None, seed: int | None = None, reuse_parents: bool | None = None,
+                  settings: dict[str, Any] | None = None) -> SearchSpace:
+    """A space file, dict or SearchSpace with the command line's overrides, validated."""
+    if isinstance(space, SearchSpace):
+        loaded = space
+    elif isinstance(space, dict):
+        loaded = space_from_dict(space, source="space")
+    else:
+        loaded = load_space(space)
+    if settings:
+        loaded = loaded.with_settings(settings)
+    return loaded.with_overrides(num_samples, max_concurrent, seed, reuse_parents)
+
+
+def search_name(space: SearchSpace, name: str | None) -> str:
+    """``--name``, checked, or ``<space>-<date-time>``."""
     if name is None:
         name = f"{space.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     if not NAME_RE.match(name):
         raise UserError(f"--name {name!r}: letters, digits, '_', '-', '.' only (1-100 characters, "
                         "starting with a letter or digit)")
+    return name
+
+
+def _launch(space: SearchSpace, *, name: str | None, storage: str | Path | None, mlflow_uri: str | None,
+            address: str | None, out: Printer, address_source: str = "--address",
+            callbacks: Sequence[Any] = ()) -> Outcome:
+    """Every check that needs no Ray (space, data, paths, MLflow URI) runs before Ray starts."""
+    space = check_search_data(space)
+    recorded = address or os.environ.get("RAY_ADDRESS") or None  # recorded for resume and MLflow
+    name = search_name(space, name)
     root = check_folder("--storage", storage_root(storage), shown=str(storage or storage_root(None)))
     layout = SearchLayout(check_folder("--name", root / name, shown=name))
     stale = False
@@ -88,7 +114,7 @@ def _launch(space: SearchSpace, *, name: str | None, storage: str | Path | None,
             raise UserError(f"search '{name}' already exists in {layout.root}; resume it with "
                             f"`compvae-search resume {layout.root}` or choose another --name")
         stale = True  # a launch that failed during start-up: no trial ran, so it starts afresh
-    uri = normalise_mlflow_uri(mlflow_uri) if mlflow_uri else layout.default_mlflow_uri
+    uri = mlflow_target(mlflow_uri, layout)
     check_mlflow_server(uri)
     with ray_session(address, space, address_source):
         if stale:
@@ -105,8 +131,18 @@ def _launch(space: SearchSpace, *, name: str | None, storage: str | Path | None,
                 f"({space.search.sampler}, {space.search.max_concurrent} at a time) in {layout.root}")
             out(f"MLflow: {uri} (experiment '{space.name}', run '{name}'); "
                 f"`compvae-search ui {layout.root}` to browse")
-            return _run(space, layout, state, recorded, restore=False, out=out)
+            return _run(space, layout, state, recorded, restore=False, out=out, callbacks=callbacks)
 
+
+
+def mlflow_target(mlflow_uri: str | None, layout: SearchLayout) -> str:
+    """``--mlflow-uri``, else ``MLFLOW_TRACKING_URI`` (as MLflow itself), else the storage's store."""
+    if mlflow_uri:
+        return normalise_mlflow_uri(mlflow_uri)
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return normalise_mlflow_uri(env, field="MLFLOW_TRACKING_URI")
+    return layout.default_mlflow_uri
 
 
 def resume(name_or_dir: str, *, storage: str | Path | None = None, address: str | None = None,
@@ -134,7 +170,7 @@ def resume(name_or_dir: str, *, storage: str | Path | None = None, address: str 
 
 
 def _run(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None,
-         restore: bool, out: Printer) -> Outcome:
+         restore: bool, out: Printer, callbacks: Sequence[Any] = ()) -> Outcome:
     (layout.root / "abort.txt").unlink(missing_ok=True)
     tracker = MlflowTracker(state.mlflow_uri, journal=layout.root / JOURNAL)
     assert state.mlflow_parent_run_id
@@ -142,7 +178,7 @@ def _run(space: SearchSpace, layout: SearchLayout, state: SearchState, address: 
     if sent:
         out(f"MLflow: sent {sent} buffered writes to {state.mlflow_uri}")
     try:
-        return _run_tuner(space, layout, state, address, restore, out, tracker)
+        return _run_tuner(space, layout, state, address, restore, out, tracker, callbacks)
     finally:
         _note_pending(tracker, layout, state, out)
 
@@ -157,7 +193,7 @@ def _note_pending(tracker: MlflowTracker, layout: SearchLayout, state: SearchSta
 
 
 def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, address: str | None,
-               restore: bool, out: Printer, tracker: MlflowTracker) -> Outcome:
+               restore: bool, out: Printer, tracker: MlflowTracker, callbacks: Sequence[Any] = ()) -> Outcome:
     from ray import tune
 
     assert state.mlflow_parent_run_id
@@ -172,7 +208,7 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
             tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=trainable(space, layout),
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         else:  # a fresh search, or one stopped before Tune saved anything: the study goes on
-            tuner = new_tuner(space, layout, state)
+            tuner = new_tuner(space, layout, state, callbacks)
         tuner.fit()
     except KeyboardInterrupt:
         _mark(tracker, layout, state, "interrupted", "KILLED")
@@ -225,6 +261,7 @@ def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, stat
     state.save(layout)
     try:
         assert state.mlflow_parent_run_id and state.mlflow_experiment_id
+        log_outcome(tracker, state, load_space(layout.space_file), TrialSummary.load_all(layout))
         # Trials in flight when the driver stopped get no Tune end event: close their runs too,
         # so nothing is left RUNNING in MLflow. Resume finds them by trial id and reopens them.
         tracker.close_running(state.mlflow_experiment_id, state.mlflow_parent_run_id, run_status,
@@ -282,4 +319,5 @@ def finish(space: SearchSpace, layout: SearchLayout, state: SearchState, summari
     out(f"report: {layout.report_dir}   configs: {layout.export_dir}   MLflow: {state.mlflow_uri}")
     state.status = "finished"
     state.save(layout)
+    log_outcome(tracker, state, space, summaries)
     tracker.set_status(state.mlflow_parent_run_id, "FINISHED")

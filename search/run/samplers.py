@@ -4,6 +4,7 @@ epochs without the objective and tells ASHA-cut trials PRUNED (why: docs/design.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -13,7 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 from compvae.compat import optuna_search_state, study_trial_finished
 from search.space import SearchSpace
 from search.space.distributions import distributions
-from search.trials import final_epoch
+from search.trials import TUNE_TRIAL_ATTR, final_epoch
 
 
 class TuneGridSampler(optuna.samplers.GridSampler):
@@ -49,9 +50,25 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 class CompvaeOptunaSearch(OptunaSearch):
     """OptunaSearch that skips epochs without the objective and tells ASHA-cut trials PRUNED."""
 
-    def __init__(self, *args: Any, final_epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, final_epochs: int, metric_names: list[str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._final_epochs = final_epochs
+        self._metric_names = metric_names
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """Ray's suggestion, its Optuna trial tagged with the Tune trial id (the MLflow callback
+        finds it by that to add the trial name and run id); the study's metric names set once."""
+        config = super().suggest(trial_id)
+        ot_trials, ot_study, _ = optuna_search_state(self)
+        if trial_id in ot_trials:
+            ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            names = getattr(self, "_metric_names", None)
+            if names and ot_study.metric_names != names:
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2, still so in 5
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    ot_study.set_metric_names(names)
+        return config
 
     def _trial_final_epochs(self, result: dict[str, Any]) -> int:
         return final_epoch(result, self._final_epochs)
@@ -107,5 +124,6 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str) -> Comp
         study_name=study_name,
         storage=storage,
         final_epochs=space.base_config().child.epochs,
+        metric_names=space.metrics,
     )
 

@@ -31,6 +31,7 @@ from search.layout import SearchLayout
 
 FAULT_ENV = "COMPVAE_SEARCH_FAULT"
 EPOCH_FILE = "tune_epoch.json"
+PARENT_HISTORY = "parent_history.json"  # compvae.pipeline.state.PARENT_HISTORY
 
 
 class InjectedFault(RuntimeError):
@@ -162,7 +163,10 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
             # Tune ends the trial FAILED instead of retrying it into the same failure.
             tune.report({FINAL_FAILURE: f"{type(exc).__name__}: {exc}"})
             raise
-        # The outputs hold the weights; the resumable state is no longer needed once they exist.
+        # The outputs hold the weights; the resumable state is no longer needed once they exist
+        # (a parent trained here leaves its training curve, which the tracker logs).
+        if (state / PARENT_HISTORY).is_file():
+            shutil.copyfile(state / PARENT_HISTORY, out_dir / PARENT_HISTORY)
         shutil.rmtree(state, ignore_errors=True)
         # The last epoch is reported only now, after run_trial wrote metrics.json, figures and
         # weights: Tune may stop a trial on any result (an ASHA rung can fall on the last epoch),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from search.layout import (
@@ -36,7 +37,8 @@ def _scheduler(space: SearchSpace) -> Any:
                          brackets=asha.brackets, stop_last_trials=False)
 
 
-def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState) -> Any:
+def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extra_callbacks: Sequence[Any] = ()) -> Any:
+    """The search's Tuner; ``extra_callbacks`` (Tune callbacks) run after the search's own."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -50,9 +52,11 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState) -> A
     assert state.mlflow_experiment_id and state.mlflow_parent_run_id
     base_epochs = space.base_config().child.epochs
     summaries = SummaryCallback(str(layout.root), space.to_dict())
-    tracking = MlflowCallback(summaries, state.mlflow_uri, state.mlflow_experiment_id, state.mlflow_parent_run_id)
+    tracking = MlflowCallback(summaries, state.mlflow_uri, state.mlflow_experiment_id, state.mlflow_parent_run_id,
+                              state.optuna_url, state.study_name)
     asha_metric = space.scheduler_metric()[0] if space.search.scheduler is not None else None
-    console = ConsoleCallback(space.metrics, list(space.params), space.num_trials, base_epochs, asha_metric)
+    console = ConsoleCallback(space.metrics, list(space.params), space.num_trials, base_epochs, asha_metric,
+                              modes=space.modes)
     return tune.Tuner(
         trainable(space, layout),
         tune_config=tune.TuneConfig(
@@ -66,7 +70,7 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState) -> A
         run_config=tune.RunConfig(
             name=layout.tune_dir.name,
             storage_path=str(layout.root),
-            callbacks=[summaries, tracking, console, JsonLoggerCallback()],
+            callbacks=[summaries, tracking, console, JsonLoggerCallback(), *extra_callbacks],
             stop=ObjectiveGuard(str(layout.root), space.metrics, base_epochs),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # epoch markers: see trainable.py

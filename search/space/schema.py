@@ -25,6 +25,7 @@ from compvae.config import (
     deep_merge,
     format_validation_error,
     load_yaml,
+    set_dotted,
 )
 from compvae.errors import ConfigError
 from compvae.parent_store import changes_parent
@@ -239,6 +240,21 @@ class SearchSpace(_Strict):
         if seed is not None:
             data["search"]["seed"] = seed
         return space_from_dict(data, source="command line")
+
+    def with_settings(self, dotted: dict[str, Any], source: str = "--set") -> SearchSpace:
+        """A copy with ``KEY=VALUE`` overrides: ``search.*`` and ``description`` set the search's
+        own settings, any other key a field of the base TrialConfig (as ``compvae train --set``)."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            if key in self.params:
+                raise ConfigError(f"{source} {key}: this space searches {key} (params); set it there "
+                                  "or drop it from params")
+            if key.startswith("search.") or key == "description":
+                target, dotted_key = data, key
+            else:
+                target, dotted_key = data.setdefault("base", {}), key
+            set_dotted(target, dotted_key, value)
+        return space_from_dict(data, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_none=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from compvae.errors import first_line
@@ -60,9 +60,9 @@ RECONNECT_EVERY_S = 20.0
 
 
 def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the tracking store cannot be reached right now" (connection
-    refused, timeout, a server answering 5xx until retries ran out), as opposed to a request
-    the store rejects. Only the former is journaled: replaying a rejected write would fail again."""
+    """Whether ``exc`` means "the store cannot take writes now" (refused, timeout, 5xx until retries
+    ran out, a shared SQLite file locked by another driver), not a write it rejects; only the former
+    is journaled: replaying a rejected write would fail again."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -73,6 +73,8 @@ def unreachable(exc: BaseException) -> bool:
             return True
         text = str(cur)
         if "Max retries exceeded" in text or "Failed to establish a new connection" in text:
+            return True
+        if "database is locked" in text:  # a SQLite store shared by several searches' drivers, busy
             return True
         cur = cur.__cause__ or cur.__context__
     return False
@@ -217,16 +219,26 @@ class MlflowTracker:
                 self.client.log_artifact(run_id, str(path), args.get("artifact_path"))
         elif op == "log_text":
             self.client.log_text(run_id, args["text"], args["artifact_file"])
+        elif op == "log_input":
+            d = args["dataset"]
+            dataset = Dataset(d["name"], d["digest"], d["source_type"], d["source"])
+            context = InputTag("mlflow.data.context", d.get("context", "training"))
+            self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
         else:
             raise ValueError(f"unknown tracking op {op!r}")
         return None
 
     # ---- reads and set-up (never journaled: they need an answer) ----------------------------------
-    def ensure_experiment(self, name: str, artifact_location: str | None) -> str:
+    def ensure_experiment(self, name: str, artifact_location: str | None,
+                          tags: dict[str, str] | None = None) -> str:
+        """The experiment named ``name`` (several searches of a space share it), with ``tags`` set."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return self.client.create_experiment(name, artifact_location=artifact_location)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+            name, artifact_location=artifact_location)
+        for k, v in (tags or {}).items():
+            if exp is None or exp.tags.get(k) != v:
+                self.client.set_experiment_tag(exp_id, k, v)
+        return exp_id
 
     def start_parent(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -286,6 +298,10 @@ class MlflowTracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._write("log_artifact", run_id=run_id, path=str(path), artifact_path=artifact_path)
+
+    def log_input(self, run_id: str, dataset: dict[str, str]) -> None:
+        """A dataset (:func:`search.tracking.context.dataset_record`) as the run's input."""
+        self._write("log_input", run_id=run_id, dataset=dataset)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._write("log_text", run_id=run_id, text=text, artifact_file=artifact_file)
