@@ -4,7 +4,9 @@ Both sides run the same space (same sampler seed, so the same sampled configs) o
 instance started once for the whole benchmark and warmed up by an untimed tiny search, so
 neither Ray's start-up nor its first worker processes are in either wall time. Runs
 alternate (reuse, no reuse, then no reuse, reuse, ...) so drift on a shared machine hits both
-sides alike; the ratio is of the median wall times (target: reuse/no-reuse < 0.65).
+sides alike; the ratio is of the median wall times. Targets (issue #16), printed side by side:
+reuse/no-reuse <= 0.55, utilisation with reuse >= 0.92, and a reused trial's non-training share
+(its ``timings.json`` breakdown: everything but the child's epochs) <= 15%.
 
 Ray Tune's overhead is judged by utilisation = sum of trial compute seconds (each trial
 function's own wall time, start to finish, outputs included, plus the seconds of each parent
@@ -83,6 +85,49 @@ def trial_compute_seconds(layout_root: Path) -> list[float]:
     return out
 
 
+def trial_breakdowns(layout_root: Path) -> list[dict[str, float]]:
+    """Each finished trial's ``breakdown/...`` phases (``timings.json``, written by the trial:
+    compvae/pipeline/timing.py), with ``reused`` = 1.0 when the trial loaded its parent."""
+    import json
+
+    out = []
+    for folder in sorted((layout_root / "trials").glob("trial_*")):
+        timings, metrics = folder / "timings.json", folder / "metrics.json"
+        if not (timings.is_file() and metrics.is_file()):
+            continue  # stopped by ASHA: no outputs, no breakdown
+        values = {k.removeprefix(PHASE_PREFIX): v for k, v in json.loads(timings.read_text()).items()
+                  if k.startswith(PHASE_PREFIX)}
+        values["reused"] = float(json.loads(metrics.read_text()).get("parent/reused", 0.0))
+        out.append(values)
+    return out
+
+
+PHASE_PREFIX = "breakdown/"
+
+
+def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
+    """Mean seconds and share per phase over ``rows``; returns the mean non-training share."""
+    from compvae.pipeline.timing import PHASES
+
+    if not rows:
+        print(f"  {label}: no finished trial with a breakdown")
+        return None
+    n = len(rows)
+    total = sum(r["total_seconds"] for r in rows) / n
+    print(f"  {label} ({n} finished trials, mean of each; seconds and share of the trial):")
+    cells = []
+    for ph in PHASES:
+        sec = sum(r.get(f"{ph}_seconds", 0.0) for r in rows) / n
+        cells.append(f"{ph} {sec:.2f} s ({sec / total:.0%})" if total else f"{ph} {sec:.2f} s")
+    for i in range(0, len(cells), 4):
+        print("    " + ", ".join(cells[i:i + 4]))
+    share = sum(r["non_training_share"] for r in rows) / n
+    print(f"    total {total:.1f} s; child epochs {sum(r['child_epochs_seconds'] for r in rows) / n:.1f} s; "
+          f"non-training share {share:.1%}; optimiser steps alone "
+          f"{sum(r['child_train_share'] for r in rows) / n:.1%}")
+    return share
+
+
 def outer_parents(layout_root: Path) -> list[dict[str, Any]]:
     """The parents a space's outer level trained before the trials (``outer.json``; none
     without an outer level or without reuse). Their seconds count as trial compute: a trial
@@ -150,6 +195,7 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[
     outer = outer_parents(outcome.layout.root)
     return {
         "wall": wall,
+        "breakdowns": trial_breakdowns(outcome.layout.root),
         "compute": sum(compute) + sum(p.get("seconds", 0.0) for p in outer),
         "trials": len(summaries),
         "outer": len(outer),
@@ -198,6 +244,11 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
           f"{space.search.resources.cpus:g} CPU each, scheduler "
           f"{'none' if space.search.scheduler is None else 'asha'}; Ray with {args.num_cpus} CPUs; "
           f"effective concurrency {concurrency}")
+    base = space.base_config()
+    print(f"  work per trial: parent {base.parent.epochs} epochs, child {base.child.epochs} epochs on "
+          f"{base.data.num_train} {base.data.name} images; evaluation {base.eval.num_train} + {base.eval.num_test} "
+          f"points ({', '.join(base.eval.metrics)}), per-epoch {base.eval.light_points} points, "
+          f"figures {'on' if base.eval.figures else 'off'}")
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
@@ -232,10 +283,23 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     for reuse in (True, False):
         print(f"{'reuse' if reuse else 'no reuse':>10}{med(reuse, 'wall'):>10.1f}{med(reuse, 'compute'):>12.1f}"
               f"{med(reuse, 'parents_trained'):>9.0f}{util[reuse]:>13.2f}{1 - util[reuse]:>15.2f}")
-    print(f"wall-time ratio reuse/no-reuse = {ratio:.3f}; target < 0.65: {'met' if ratio < 0.65 else 'NOT met'}")
     print("utilisation = sum(trial compute s) / (wall s x concurrency); Tune overhead = 1 - utilisation")
+    print("\nwhere a trial's seconds go (timings.json breakdown; child epochs = child_train + epoch_eval + "
+          "checkpoint + report, the rest is per-trial fixed cost):")
+    reused_rows = [b for x in results[True] for b in x["breakdowns"] if b["reused"] == 1.0]
+    share = print_breakdown(reused_rows, "reuse, trials that reused their parent")
+    print_breakdown([b for x in results[False] for b in x["breakdowns"]], "no reuse, every trial")
+    targets = [("utilisation with reuse", util[True], ">=", 0.92),
+               ("non-training share of a reused trial", share, "<=", 0.15),
+               ("wall-time ratio reuse/no-reuse", ratio, "<=", 0.55)]
+    print("\ntargets (issue #16), side by side:")
+    for name, value, op, goal in targets:
+        met = value is not None and (value >= goal if op == ">=" else value <= goal)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        print(f"  {name:<40} {shown:>7}  target {op} {goal:g}: {'met' if met else 'NOT met'}")
     return {"ratio": ratio, "wall_reuse": med(True, "wall"), "wall_noreuse": med(False, "wall"),
-            "utilisation_reuse": util[True], "utilisation_noreuse": util[False]}
+            "utilisation_reuse": util[True], "utilisation_noreuse": util[False],
+            "non_training_share_reuse": share if share is not None else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,9 @@ from compvae.pipeline.state import (
     read_history,
     stream,
 )
+from compvae.pipeline.timing import PhaseTimer
 from compvae.progress import Progress
-from compvae.training import resolve_device
+from compvae.training import peak_memory, reset_peak_memory, resolve_device
 
 ReportFn = Callable[[dict[str, float], int], None]
 
@@ -45,35 +46,45 @@ def run_trial(
     out_dir: str | Path | None = None,
     parent_store: ParentStore | str | Path | None = None,
     progress: bool = False,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, float]:
     """Train parent and child under ``config`` and return the final metrics.
 
     ``report(metrics, epoch)`` is called once per child epoch (1-based). ``parent_store``
-    (a directory or :class:`ParentStore`) shares trained parents between trials.
+    (a directory or :class:`ParentStore`) shares trained parents between trials. ``timer``
+    (a :class:`PhaseTimer`, e.g. holding the caller's ``startup``) receives the trial's phases;
+    their breakdown lands in ``out_dir/timings.json``.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     prog = Progress(progress)
+    timer = timer if timer is not None else PhaseTimer()
     t_start = time.perf_counter()
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-    device, store = _runtime(cfg, parent_store)
+    with timer.phase("startup"):
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if ckpt is not None:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        device, store = _runtime(cfg, parent_store)
+    reset_peak_memory(device)
 
-    data = load_data(cfg, device, prog)
+    with timer.phase("data"):
+        data = load_data(cfg, device, prog)
 
     # ---- parent ---------------------------------------------------------------------------
-    parent, parent_metrics, reused = obtain_parent(cfg, data, device, ckpt, store, prog)
-    latent = focus_latent(cfg, parent, data, ckpt)
+    with timer.phase("parent"):
+        parent, parent_metrics, reused = obtain_parent(cfg, data, device, ckpt, store, prog)
+    with timer.phase("latent"):
+        latent = focus_latent(cfg, parent, data, ckpt)
     prog.write(f"mask   latent {latent}")
 
     # ---- masks + child -------------------------------------------------------------------
-    masker = Masker(cfg, parent, latent, data)
-    pcode = ParentCode(cfg, parent)
-    child = build_child(cfg, data.child_data.channels, device)
-    trainer, mask_metrics = child_trainer(cfg, data, parent, child, masker, device)
-    if ckpt is not None and (ckpt / CHILD_TRAINER).exists():
-        trainer.load(ckpt / CHILD_TRAINER)
-        prog.write(f"child  resumed at epoch {trainer.epoch}")
+    with timer.phase("masks"):
+        masker = Masker(cfg, parent, latent, data)
+        pcode = ParentCode(cfg, parent)
+        child = build_child(cfg, data.child_data.channels, device)
+        trainer, mask_metrics = child_trainer(cfg, data, parent, child, masker, device)
+        if ckpt is not None and (ckpt / CHILD_TRAINER).exists():
+            trainer.load(ckpt / CHILD_TRAINER)
+            prog.write(f"child  resumed at epoch {trainer.epoch}")
 
     metrics: dict[str, float] = {}
     last = ckpt / CHILD_METRICS if ckpt is not None else None
@@ -81,40 +92,47 @@ def run_trial(
         metrics = json.loads(last.read_text())  # the metrics of the epoch the checkpoint holds
     base = {**parent_metrics, **mask_metrics, "parent/reused": float(reused), "mask/latent": float(latent)}
     while trainer.epoch < cfg.child.epochs:
-        logs = trainer.train_epoch()
+        t_epoch = time.perf_counter()
+        with timer.phase("child_train"):
+            logs = trainer.train_epoch()
         epoch = trainer.epoch
         final = epoch == cfg.child.epochs
         metrics = {**base, **{f"child/train_{k}": v for k, v in logs.items()}}
-        test_masks = masker(data.test_child, stochastic=False, factors=data.test_factors)
-        if cfg.parent.mode == "joint":
-            check_joint_coverage(cfg, masker, test_masks, epoch)
-        test_cond = pcode(data.test_child)
-        recon, active = child_recon_metrics(cfg, data, test_masks, test_cond, trainer.model_child)
-        metrics.update(recon)
-        if final:
-            metrics.update(evaluate_child(cfg, data, masker, trainer.model_child, active, full=True))
-        else:
-            # seeded per epoch, so a resumed trial reports exactly what an uninterrupted one would
-            rng_light = stream(cfg.train.seed, LIGHT_EVAL, epoch)
-            metrics.update(evaluate_child(cfg, data, masker, trainer.model_child, active, full=False,
-                                           rng=rng_light))
+        with timer.phase("final_eval" if final else "epoch_eval"):
+            test_masks = masker(data.test_child, stochastic=False, factors=data.test_factors)
+            if cfg.parent.mode == "joint":
+                check_joint_coverage(cfg, masker, test_masks, epoch)
+            test_cond = pcode(data.test_child)
+            recon, active = child_recon_metrics(cfg, data, test_masks, test_cond, trainer.model_child)
+            metrics.update(recon)
+            if final:
+                metrics.update(evaluate_child(cfg, data, masker, trainer.model_child, active, full=True))
+            else:
+                # seeded per epoch, so a resumed trial reports exactly what an uninterrupted one would
+                rng_light = stream(cfg.train.seed, LIGHT_EVAL, epoch)
+                metrics.update(evaluate_child(cfg, data, masker, trainer.model_child, active, full=False,
+                                               rng=rng_light))
         metrics["epoch"] = float(epoch)
+        metrics["child/epoch_seconds"] = time.perf_counter() - t_epoch
+        metrics.update(peak_memory(device))
         if ckpt is not None:
-            # metrics first: a crash between the two leaves the trainer one epoch behind, so
-            # the epoch is simply redone; never a trainer ahead of its metrics
-            history = read_history(ckpt) + [metrics]
-            atomic_write_text(ckpt / HISTORY_FILE, json.dumps(history))
-            atomic_write_text(ckpt / CHILD_METRICS, json.dumps(metrics))
-            trainer.save(ckpt / CHILD_TRAINER)
+            with timer.phase("checkpoint"):
+                # metrics first: a crash between the two leaves the trainer one epoch behind, so
+                # the epoch is simply redone; never a trainer ahead of its metrics
+                history = read_history(ckpt) + [metrics]
+                atomic_write_text(ckpt / HISTORY_FILE, json.dumps(history))
+                atomic_write_text(ckpt / CHILD_METRICS, json.dumps(metrics))
+                trainer.save(ckpt / CHILD_TRAINER)
         prog.epoch("child", epoch, cfg.child.epochs,
                    {k.split("/")[-1]: v for k, v in metrics.items()
                     if k in ("child/train_loss", "child/recon_error", "child/masked_recon_error", "child/mig")})
         if report is not None:
-            report(dict(metrics), epoch)
+            with timer.phase("report"):
+                report(dict(metrics), epoch)
 
     metrics["trial_seconds"] = time.perf_counter() - t_start
     if out_dir is not None:
-        write_outputs(Path(out_dir), cfg, data, parent, trainer.model_child, masker, metrics, prog)
+        write_outputs(Path(out_dir), cfg, data, parent, trainer.model_child, masker, metrics, prog, timer)
     return metrics
 
 

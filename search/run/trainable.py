@@ -83,6 +83,8 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     ``reuse_parents`` (``search.reuse_parents``) shares trained parents through
     ``<search>/parents``; off, every trial trains its own (the benchmark's baseline).
     """
+    t_start = time.perf_counter()  # the breakdown's startup: imports, folders, resume checks
+    from compvae.pipeline.timing import PhaseTimer
     from compvae.trial import (  # torch and friends: import in the worker only
         epoch_history,
         run_trial,
@@ -155,8 +157,11 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
 
     try:
         try:
+            timer = PhaseTimer()
+            timer.add("startup", time.perf_counter() - t_start)
             run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
-                      parent_store=layout.parents_dir if reuse_parents else None, progress=False)
+                      parent_store=layout.parents_dir if reuse_parents else None, progress=False,
+                      timer=timer)
         except TrialFailed as exc:
             # Caused by the knobs (empty mask, divergence): tell the driver before raising, so
             # Tune ends the trial FAILED instead of retrying it into the same failure.
