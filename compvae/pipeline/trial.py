@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from compvae.config import TrialConfig
+from compvae.data_cache import DataCache
 from compvae.io import atomic_write_text
 from compvae.parent_store import ParentStore, parent_key
 from compvae.pipeline.data import load_data
@@ -47,13 +48,16 @@ def run_trial(
     parent_store: ParentStore | str | Path | None = None,
     progress: bool = False,
     timer: PhaseTimer | None = None,
+    data_cache: DataCache | str | Path | None = None,
 ) -> dict[str, float]:
     """Train parent and child under ``config`` and return the final metrics.
 
     ``report(metrics, epoch)`` is called once per child epoch (1-based). ``parent_store``
     (a directory or :class:`ParentStore`) shares trained parents between trials. ``timer``
     (a :class:`PhaseTimer`, e.g. holding the caller's ``startup``) receives the trial's phases;
-    their breakdown lands in ``out_dir/timings.json``.
+    their breakdown lands in ``out_dir/timings.json``. ``data_cache`` (a directory or
+    :class:`DataCache`) shares rendered images between the trials of a search; the metrics are
+    the same with it as without.
     """
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     prog = Progress(progress)
@@ -64,10 +68,11 @@ def run_trial(
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)
         device, store = _runtime(cfg, parent_store)
+        cache = _data_cache(data_cache)
     reset_peak_memory(device)
 
     with timer.phase("data"):
-        data = load_data(cfg, device, prog)
+        data = load_data(cfg, device, prog, cache=cache)
 
     # ---- parent ---------------------------------------------------------------------------
     with timer.phase("parent"):
@@ -137,7 +142,7 @@ def run_trial(
 
 
 def prepare_parent(config: TrialConfig | dict[str, Any], parent_store: ParentStore | str | Path,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, data_cache: DataCache | str | Path | None = None) -> dict[str, Any]:
     """Train (or find) the parent ``config`` names in the store and evaluate it, without a child.
 
     Why: a search's outer level trains its distinct parents up front, in parallel, so no trial
@@ -155,9 +160,13 @@ def prepare_parent(config: TrialConfig | dict[str, Any], parent_store: ParentSto
         return {"key": key, "reused": True, "metrics": json.loads(cached.read_text()),
                 "seconds": time.perf_counter() - t0}
     prog = Progress(progress)
-    data = load_data(cfg, device, prog, with_child=False)
+    data = load_data(cfg, device, prog, with_child=False, cache=_data_cache(data_cache))
     _, metrics, reused = obtain_parent(cfg, data, device, None, store, prog)
     return {"key": key, "reused": reused, "metrics": metrics, "seconds": time.perf_counter() - t0}
+
+
+def _data_cache(cache: DataCache | str | Path | None) -> DataCache | None:
+    return DataCache(cache) if isinstance(cache, (str, Path)) else cache
 
 
 def _runtime(cfg: TrialConfig, parent_store: ParentStore | str | Path | None
