@@ -59,10 +59,11 @@ def trimmed_space(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return space
 
 
-def trial_compute_seconds(layout_root: Path) -> list[float]:
-    """Each trial's own wall time: from its function's start (first ``attempts.jsonl`` line) to
-    its end, the later of its last Tune result and its ``metrics.json`` (a complete trial writes
-    figures and weights after its last report, which Tune's ``time_total_s`` would miss)."""
+def trial_intervals(layout_root: Path) -> list[tuple[float, float]]:
+    """Each trial's (start, end) in epoch seconds: from its function's start (first
+    ``attempts.jsonl`` line) to its end, the later of its last Tune result and its
+    ``metrics.json`` (a complete trial writes figures and weights after its last report, which
+    Tune's ``time_total_s`` would miss)."""
     import json
 
     from ray.tune import ExperimentAnalysis
@@ -74,14 +75,40 @@ def trial_compute_seconds(layout_root: Path) -> list[float]:
             continue
         folder = layout_root / "trials" / (t.custom_trial_name or str(t))
         attempts = folder / "attempts.jsonl"
+        end = float(t.last_result.get("timestamp", 0.0))
         if not attempts.is_file():
-            out.append(float(t.last_result.get("time_total_s", 0.0)))
+            out.append((end - float(t.last_result.get("time_total_s", 0.0)), end))
             continue
         start = json.loads(attempts.read_text().splitlines()[0])["time"]
-        end = float(t.last_result.get("timestamp", start))
         if (folder / "metrics.json").is_file():
             end = max(end, (folder / "metrics.json").stat().st_mtime)
-        out.append(end - start)
+        out.append((start, max(end, start)))
+    return out
+
+
+def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]], outer: dict[str, Any] | None,
+             concurrency: int) -> dict[str, float]:
+    """Where a search's slot-seconds go that no trial uses: the driver before any work, the
+    outer stage's idle slots, the gap between the outer stage and the first trial, slots idle
+    while trials run (the tail among them) and the driver after the last trial (report, export)."""
+    first = min(s for s, _ in intervals)
+    last = max(e for _, e in intervals)
+    out: dict[str, float] = {}
+    if outer is not None:
+        o_end = outer["end"]
+        o_start = o_end - outer["seconds"]
+        out["before work s"] = o_start - t_start
+        out["outer stage s"] = o_end - o_start
+        out["outer -> first trial s"] = max(0.0, first - o_end)
+    else:
+        out["before work s"] = first - t_start
+    busy = sum(min(e, last) - max(s, first) for s, e in intervals)
+    out["trials span s"] = last - first
+    out["idle slot-s in span"] = (last - first) * concurrency - busy
+    # the tail: from the moment fewer trials run than there are slots until the end, for good
+    ends = sorted(e for _, e in intervals)
+    out["tail s"] = last - ends[-concurrency] if len(ends) >= concurrency else 0.0
+    out["after last trial s"] = t_end - last
     return out
 
 
@@ -179,23 +206,32 @@ def warm_up(folder: Path, concurrency: int) -> None:
     launch(path, name="warmup", storage=folder, out=lambda line: None)
 
 
-def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[str, Any]:
+def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurrency: int) -> dict[str, Any]:
     """Run one search to the end; its wall time, trial compute time and parents trained."""
     from search.analysis.results import TrialSummary
     from search.run.lifecycle import launch
 
     lines: list[str] = []
-    t0 = time.perf_counter()
+    t0, wall_start = time.perf_counter(), time.time()
     outcome = launch(space_file, name=name, storage=storage, reuse_parents=reuse, out=lines.append)
     wall = time.perf_counter() - t0
+    wall_end = time.time()
     if not outcome.finished:
         raise RuntimeError(f"search {name} did not finish:\n" + "\n".join(lines[-20:]))
     summaries = TrialSummary.load_all(outcome.layout)
-    compute = trial_compute_seconds(outcome.layout.root)
+    intervals = trial_intervals(outcome.layout.root)
+    compute = [e - s for s, e in intervals]
     outer = outer_parents(outcome.layout.root)
+    outer_file = outcome.layout.outer_file
+    outer_span = None
+    if outer_file.is_file():
+        import json
+
+        outer_span = {"end": outer_file.stat().st_mtime, "seconds": json.loads(outer_file.read_text())["seconds"]}
     return {
         "wall": wall,
         "breakdowns": trial_breakdowns(outcome.layout.root),
+        "timeline": timeline(wall_start, wall_end, intervals, outer_span, concurrency),
         "compute": sum(compute) + sum(p.get("seconds", 0.0) for p in outer),
         "trials": len(summaries),
         "outer": len(outer),
@@ -262,12 +298,13 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         for r in range(args.repeats):
             for reuse in ((True, False) if r % 2 == 0 else (False, True)):
                 label = "reuse" if reuse else "noreuse"
-                res = one_search(space_file, work / "searches", f"bench-{label}-{r}", reuse)
+                res = one_search(space_file, work / "searches", f"bench-{label}-{r}", reuse, concurrency)
                 results[reuse].append(res)
                 util = res["compute"] / (res["wall"] * concurrency)
                 print(f"  run {r} {label:>8}: wall {res['wall']:7.1f} s, trial compute {res['compute']:7.1f} s, "
                       f"{res['trials']} trials / {res['epochs']} child epochs, parents trained "
                       f"{res['parents_trained']}{' (up front)' if res['outer'] else ''}, utilisation {util:.2f}", flush=True)
+                print("      timeline: " + ", ".join(f"{k} {v:.1f}" for k, v in res["timeline"].items()), flush=True)
     finally:
         ray.shutdown()
         os.chdir(cwd)
