@@ -133,25 +133,29 @@ PHASE_PREFIX = "breakdown/"
 
 
 def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
-    """Mean seconds and share per phase over ``rows``; returns the mean non-training share."""
+    """Mean wall and CPU seconds per phase over ``rows``; returns the mean non-training share
+    (wall). CPU seconds (the trial thread's) are what a phase costs whatever else the machine
+    runs; wall seconds add the waits for a core."""
     from compvae.pipeline.timing import PHASES
 
     if not rows:
         print(f"  {label}: no finished trial with a breakdown")
         return None
     n = len(rows)
-    total = sum(r["total_seconds"] for r in rows) / n
-    print(f"  {label} ({n} finished trials, mean of each; seconds and share of the trial):")
-    cells = []
-    for ph in PHASES:
-        sec = sum(r.get(f"{ph}_seconds", 0.0) for r in rows) / n
-        cells.append(f"{ph} {sec:.2f} s ({sec / total:.0%})" if total else f"{ph} {sec:.2f} s")
+
+    def mean(key: str) -> float:
+        return sum(r.get(key, 0.0) for r in rows) / n
+
+    total, cpu_total = mean("total_seconds"), mean("total_cpu_seconds")
+    print(f"  {label} ({n} finished trials, mean of each; wall s / CPU s (share of CPU)):")
+    cells = [f"{ph} {mean(f'{ph}_seconds'):.2f}/{mean(f'{ph}_cpu_seconds'):.2f}"
+             + (f" ({mean(f'{ph}_cpu_seconds') / cpu_total:.0%})" if cpu_total else "") for ph in PHASES]
     for i in range(0, len(cells), 4):
         print("    " + ", ".join(cells[i:i + 4]))
-    share = sum(r["non_training_share"] for r in rows) / n
-    print(f"    total {total:.1f} s; child epochs {sum(r['child_epochs_seconds'] for r in rows) / n:.1f} s; "
-          f"non-training share {share:.1%}; optimiser steps alone "
-          f"{sum(r['child_train_share'] for r in rows) / n:.1%}")
+    share = mean("non_training_share")
+    print(f"    total {total:.1f} s wall / {cpu_total:.1f} s CPU; child epochs {mean('child_epochs_seconds'):.1f} s; "
+          f"non-training share {share:.1%} wall, {mean('cpu_non_training_share'):.1%} CPU; optimiser steps "
+          f"alone {mean('child_train_share'):.1%} of the wall")
     return share
 
 

@@ -65,6 +65,9 @@ def test_timings_break_the_trial_into_phases_that_add_up(tmp_path):
     epochs = phases["child_train"] + phases["epoch_eval"] + phases["checkpoint"] + phases["report"]
     assert timings["breakdown/child_epochs_seconds"] == pytest.approx(epochs)
     assert timings["breakdown/non_training_share"] == pytest.approx(1 - epochs / total)
+    cpu = {p: timings[f"breakdown/{p}_cpu_seconds"] for p in PHASES}
+    assert cpu["child_train"] > 0.0 and timings["breakdown/total_cpu_seconds"] == pytest.approx(sum(cpu.values()))
+    assert 0.0 < timings["breakdown/cpu_non_training_share"] < 1.0
     assert all(r["child/epoch_seconds"] > 0 for r in reports)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert not [k for k in saved if "seconds" in k or k.startswith("resources/")]

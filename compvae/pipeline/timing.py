@@ -12,6 +12,11 @@ floats (the search's MLflow callback logs every ``timings.json`` entry as a metr
     breakdown/child_epochs_seconds  child_train + epoch_eval + checkpoint + report
     breakdown/non_training_share  1 - child_epochs / total (the issue #16 target: <= 0.15)
     breakdown/child_train_share   child_train / total (the optimiser steps alone)
+    breakdown/<phase>_cpu_seconds the CPU seconds of the trial's thread in each phase, and
+    breakdown/cpu_non_training_share  the same share in CPU seconds: on a machine shared with
+                                  other work, wall seconds include waiting for a core and CPU
+                                  seconds do not, so shares in CPU seconds survive contention
+                                  (with one torch thread, as a search's 1-CPU trials run)
 """
 
 from __future__ import annotations
@@ -33,21 +38,24 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.cpu_seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         if name not in self.seconds:
             raise ValueError(f"unknown phase {name!r}; one of {PHASES}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - t0
+            self.cpu_seconds[name] += time.thread_time() - c0
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, cpu_seconds: float = 0.0) -> None:
         if name not in self.seconds:
             raise ValueError(f"unknown phase {name!r}; one of {PHASES}")
         self.seconds[name] += float(seconds)
+        self.cpu_seconds[name] += float(cpu_seconds)
 
     def breakdown(self) -> dict[str, float]:
         """The flat ``breakdown/...`` entries of ``timings.json`` (see the module docstring)."""
@@ -58,4 +66,9 @@ class PhaseTimer:
         out[f"{PREFIX}child_epochs_seconds"] = epochs
         out[f"{PREFIX}non_training_share"] = 1.0 - epochs / total if total > 0 else 0.0
         out[f"{PREFIX}child_train_share"] = self.seconds["child_train"] / total if total > 0 else 0.0
+        cpu_total = sum(self.cpu_seconds.values())
+        cpu_epochs = sum(self.cpu_seconds[p] for p in EPOCH_PHASES)
+        out.update({f"{PREFIX}{k}_cpu_seconds": v for k, v in self.cpu_seconds.items()})
+        out[f"{PREFIX}total_cpu_seconds"] = cpu_total
+        out[f"{PREFIX}cpu_non_training_share"] = 1.0 - cpu_epochs / cpu_total if cpu_total > 0 else 0.0
         return out

@@ -84,7 +84,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     ``<search>/parents`` and rendered images through ``<search>/data``; off, every trial
     computes everything itself (the benchmark's baseline).
     """
-    t_start = time.perf_counter()  # the breakdown's startup: imports, folders, resume checks
+    t_start, c_start = time.perf_counter(), time.thread_time()  # the breakdown's startup: imports, folders, resume checks
     from compvae.pipeline.timing import PhaseTimer
     from compvae.trial import (  # torch and friends: import in the worker only
         epoch_history,
@@ -159,7 +159,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     try:
         try:
             timer = PhaseTimer()
-            timer.add("startup", time.perf_counter() - t_start)
+            timer.add("startup", time.perf_counter() - t_start, time.thread_time() - c_start)
             run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
                       parent_store=layout.parents_dir if reuse_parents else None, progress=False,
                       timer=timer, data_cache=layout.data_dir if reuse_parents else None)
