@@ -113,18 +113,20 @@ def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]],
 
 
 def trial_breakdowns(layout_root: Path) -> list[dict[str, float]]:
-    """Each finished trial's ``breakdown/...`` phases (``timings.json``, written by the trial:
-    compvae/pipeline/timing.py), with ``reused`` = 1.0 when the trial loaded its parent."""
+    """Each trial's ``breakdown/...`` phases (``timings.json``, written by the trial after every
+    epoch and at its end: compvae/pipeline/timing.py), with ``reused`` = 1.0 when the trial
+    loaded its parent and ``finished`` = 1.0 when it ran to its last epoch (not cut by ASHA)."""
     import json
 
     out = []
     for folder in sorted((layout_root / "trials").glob("trial_*")):
-        timings, metrics = folder / "timings.json", folder / "metrics.json"
-        if not (timings.is_file() and metrics.is_file()):
-            continue  # stopped by ASHA: no outputs, no breakdown
+        timings, summary = folder / "timings.json", folder / "summary.json"
+        if not (timings.is_file() and summary.is_file()):
+            continue
         values = {k.removeprefix(PHASE_PREFIX): v for k, v in json.loads(timings.read_text()).items()
                   if k.startswith(PHASE_PREFIX)}
-        values["reused"] = float(json.loads(metrics.read_text()).get("parent/reused", 0.0))
+        values["reused"] = float(json.loads(summary.read_text()).get("metrics", {}).get("parent/reused", 0.0))
+        values["finished"] = float((folder / "metrics.json").is_file())
         out.append(values)
     return out
 
@@ -139,7 +141,7 @@ def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
     from compvae.pipeline.timing import PHASES
 
     if not rows:
-        print(f"  {label}: no finished trial with a breakdown")
+        print(f"  {label}: no trial with a breakdown")
         return None
     n = len(rows)
 
@@ -147,7 +149,7 @@ def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
         return sum(r.get(key, 0.0) for r in rows) / n
 
     total, cpu_total = mean("total_seconds"), mean("total_cpu_seconds")
-    print(f"  {label} ({n} finished trials, mean of each; wall s / CPU s (share of CPU)):")
+    print(f"  {label} ({n} trials, mean of each; wall s / CPU s (share of CPU)):")
     cells = [f"{ph} {mean(f'{ph}_seconds'):.2f}/{mean(f'{ph}_cpu_seconds'):.2f}"
              + (f" ({mean(f'{ph}_cpu_seconds') / cpu_total:.0%})" if cpu_total else "") for ph in PHASES]
     for i in range(0, len(cells), 4):
@@ -328,7 +330,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     print("\nwhere a trial's seconds go (timings.json breakdown; child epochs = child_train + epoch_eval + "
           "checkpoint + report, the rest is per-trial fixed cost):")
     reused_rows = [b for x in results[True] for b in x["breakdowns"] if b["reused"] == 1.0]
-    share = print_breakdown(reused_rows, "reuse, trials that reused their parent")
+    share = print_breakdown(reused_rows, "reuse, every trial that reused its parent")
+    print_breakdown([b for b in reused_rows if b["finished"]], "reuse, of those the ones that ran all epochs")
     print_breakdown([b for x in results[False] for b in x["breakdowns"]], "no reuse, every trial")
     targets = [("utilisation with reuse", util[True], ">=", 0.92),
                ("non-training share of a reused trial", share, "<=", 0.15),

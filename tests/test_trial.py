@@ -72,6 +72,21 @@ def test_timings_break_the_trial_into_phases_that_add_up(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert not [k for k in saved if "seconds" in k or k.startswith("resources/")]
 
+
+def test_a_trial_stopped_after_an_epoch_leaves_its_breakdown(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(metrics, epoch):
+        raise Stop  # as a scheduler ending the trial at this epoch's report
+
+    with pytest.raises(Stop):
+        run_trial(tiny(), report=stop, out_dir=tmp_path)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["breakdown/child_train_seconds"] > 0 and timings["breakdown/epoch_eval_seconds"] > 0
+    assert timings["breakdown/final_eval_seconds"] == 0.0 and timings["child/epoch_seconds"] > 0
+    assert not (tmp_path / "metrics.json").exists()
+
 def test_loss_weight_follows_mode():
     x = torch.rand(2, 1, 4, 4)
     m = torch.zeros(2, 1, 4, 4)

@@ -56,12 +56,19 @@ def write_outputs(out: Path, cfg: TrialConfig, data: TrialData, parent: VAE, chi
     if cfg.eval.figures:
         with timer.phase("figures"):
             write_figures(out / FIGURES_DIR, cfg, data, parent, child, masker)
-    values, timings = split_timings(metrics)
-    timings.update(timer.breakdown())
-    atomic_write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2, sort_keys=True))
+    values, _ = split_timings(metrics)
+    write_timings(out, metrics, timer)
     atomic_write_text(out / CONFIG_FILE, cfg.to_yaml())
     atomic_write_text(out / METRICS_FILE, json.dumps(values, indent=2, sort_keys=True))  # last: marks done
     prog.write(f"wrote  {out}")
+
+
+def write_timings(out: Path, metrics: dict[str, float], timer: PhaseTimer) -> None:
+    """``timings.json``: the timing entries of ``metrics`` and ``timer``'s breakdown. Written
+    after every child epoch too, so a trial a scheduler stops early leaves its breakdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {**split_timings(metrics)[1], **timer.breakdown()}
+    atomic_write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2, sort_keys=True))
 
 
 @torch.no_grad()

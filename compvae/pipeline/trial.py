@@ -23,7 +23,7 @@ from compvae.pipeline.data import load_data
 from compvae.pipeline.evaluation import child_recon_metrics, evaluate_child
 from compvae.pipeline.masking import Masker, ParentCode, check_joint_coverage
 from compvae.pipeline.objectives import build_child, child_trainer
-from compvae.pipeline.outputs import write_outputs
+from compvae.pipeline.outputs import write_outputs, write_timings
 from compvae.pipeline.parent import focus_latent, obtain_parent, stored_metrics_path
 from compvae.pipeline.state import (
     CHILD_METRICS,
@@ -138,6 +138,8 @@ def run_trial(
         prog.epoch("child", epoch, cfg.child.epochs,
                    {k.split("/")[-1]: v for k, v in metrics.items()
                     if k in ("child/train_loss", "child/recon_error", "child/masked_recon_error", "child/mig")})
+        if out_dir is not None and not final:
+            write_timings(Path(out_dir), metrics, timer)  # a trial stopped after this epoch keeps it
         if report is not None:
             with timer.phase("report"):
                 report(dict(metrics), epoch)
