@@ -90,12 +90,12 @@ class DataCache:
 
     def save(self, key: str, array: np.ndarray) -> None:
         if self._used is None:
-            self._used = sum(f.stat().st_size for f in self.root.rglob("*.npy"))
+            self._used = sum(_size(f) for f in self.root.rglob("*.npy"))
         if self._used + array.nbytes > self.max_bytes:
             return
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".npy")
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".part")  # never matches *.npy
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, array, allow_pickle=False)
@@ -114,6 +114,13 @@ class DataCache:
         out = compute(factors)
         self.save(key, np.asarray(out))
         return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # replaced or removed by another trial meanwhile
+        return 0
 
 
 class CachedData(GroundTruthData):

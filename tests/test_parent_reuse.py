@@ -131,6 +131,13 @@ def test_reused_workers_and_the_data_cache_give_the_metrics_of_a_trial_run_alone
         run_trial(cfg, out_dir=tmp_path / s.name, parent_store=store)
         expected = (layout.trial_dir(s.name) / "metrics.json").read_bytes()
         assert (tmp_path / s.name / "metrics.json").read_bytes() == expected, s.name
+    # the store's cached parent evaluation against one computed afresh (a trial training its own)
+    reused = next(s for s in summaries if s.metrics[PARENT_REUSED] == 1.0)
+    run_trial(TrialConfig.from_dict(reused.config), out_dir=tmp_path / "own-parent")
+    fresh = json.loads((tmp_path / "own-parent" / "metrics.json").read_text())
+    cached = json.loads((layout.trial_dir(reused.name) / "metrics.json").read_text())
+    assert fresh.pop(PARENT_REUSED) == 0.0 and cached.pop(PARENT_REUSED) == 1.0
+    assert fresh == cached
 
 @pytest.mark.slow
 def test_without_reuse_every_trial_trains_its_parent(ray_local, tmp_path, tiny_space):
