@@ -4,7 +4,9 @@ Both sides run the same space (same sampler seed, so the same sampled configs) o
 instance started once for the whole benchmark and warmed up by an untimed tiny search, so
 neither Ray's start-up nor its first worker processes are in either wall time. Runs
 alternate (reuse, no reuse, then no reuse, reuse, ...) so drift on a shared machine hits both
-sides alike; the ratio is of the median wall times (target: reuse/no-reuse < 0.65).
+sides alike; the ratio is of the median wall times. Targets (issue #16), printed side by side:
+reuse/no-reuse <= 0.55, utilisation with reuse >= 0.92, and a reused trial's non-training share
+(its ``timings.json`` breakdown: everything but the child's epochs) <= 15%.
 
 Ray Tune's overhead is judged by utilisation = sum of trial compute seconds (each trial
 function's own wall time, start to finish, outputs included, plus the seconds of each parent
@@ -57,10 +59,11 @@ def trimmed_space(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return space
 
 
-def trial_compute_seconds(layout_root: Path) -> list[float]:
-    """Each trial's own wall time: from its function's start (first ``attempts.jsonl`` line) to
-    its end, the later of its last Tune result and its ``metrics.json`` (a complete trial writes
-    figures and weights after its last report, which Tune's ``time_total_s`` would miss)."""
+def trial_intervals(layout_root: Path) -> list[tuple[float, float]]:
+    """Each trial's (start, end) in epoch seconds: from its function's start (first
+    ``attempts.jsonl`` line) to its end, the later of its last Tune result and its
+    ``metrics.json`` (a complete trial writes figures and weights after its last report, which
+    Tune's ``time_total_s`` would miss)."""
     import json
 
     from ray.tune import ExperimentAnalysis
@@ -72,15 +75,90 @@ def trial_compute_seconds(layout_root: Path) -> list[float]:
             continue
         folder = layout_root / "trials" / (t.custom_trial_name or str(t))
         attempts = folder / "attempts.jsonl"
+        end = float(t.last_result.get("timestamp", 0.0))
         if not attempts.is_file():
-            out.append(float(t.last_result.get("time_total_s", 0.0)))
+            out.append((end - float(t.last_result.get("time_total_s", 0.0)), end))
             continue
         start = json.loads(attempts.read_text().splitlines()[0])["time"]
-        end = float(t.last_result.get("timestamp", start))
         if (folder / "metrics.json").is_file():
             end = max(end, (folder / "metrics.json").stat().st_mtime)
-        out.append(end - start)
+        out.append((start, max(end, start)))
     return out
+
+
+def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]], outer: dict[str, Any] | None,
+             concurrency: int) -> dict[str, float]:
+    """Where a search's slot-seconds go that no trial uses: the driver before any work, the
+    outer stage's idle slots, the gap between the outer stage and the first trial, slots idle
+    while trials run (the tail among them) and the driver after the last trial (report, export)."""
+    first = min(s for s, _ in intervals)
+    last = max(e for _, e in intervals)
+    out: dict[str, float] = {}
+    if outer is not None:
+        o_end = outer["end"]
+        o_start = o_end - outer["seconds"]
+        out["before work s"] = o_start - t_start
+        out["outer stage s"] = o_end - o_start
+        out["outer -> first trial s"] = max(0.0, first - o_end)
+    else:
+        out["before work s"] = first - t_start
+    busy = sum(min(e, last) - max(s, first) for s, e in intervals)
+    out["trials span s"] = last - first
+    out["idle slot-s in span"] = (last - first) * concurrency - busy
+    # the tail: from the moment fewer trials run than there are slots until the end, for good
+    ends = sorted(e for _, e in intervals)
+    out["tail s"] = last - ends[-concurrency] if len(ends) >= concurrency else 0.0
+    out["after last trial s"] = t_end - last
+    return out
+
+
+def trial_breakdowns(layout_root: Path) -> list[dict[str, float]]:
+    """Each trial's ``breakdown/...`` phases (``timings.json``, written by the trial after every
+    epoch and at its end: compvae/pipeline/timing.py), with ``reused`` = 1.0 when the trial
+    loaded its parent and ``finished`` = 1.0 when it ran to its last epoch (not cut by ASHA)."""
+    import json
+
+    out = []
+    for folder in sorted((layout_root / "trials").glob("trial_*")):
+        timings, summary = folder / "timings.json", folder / "summary.json"
+        if not (timings.is_file() and summary.is_file()):
+            continue
+        values = {k.removeprefix(PHASE_PREFIX): v for k, v in json.loads(timings.read_text()).items()
+                  if k.startswith(PHASE_PREFIX)}
+        values["reused"] = float(json.loads(summary.read_text()).get("metrics", {}).get("parent/reused", 0.0))
+        values["finished"] = float((folder / "metrics.json").is_file())
+        out.append(values)
+    return out
+
+
+PHASE_PREFIX = "breakdown/"
+
+
+def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
+    """Mean wall and CPU seconds per phase over ``rows``; returns the mean non-training share
+    (wall). CPU seconds (the trial thread's) are what a phase costs whatever else the machine
+    runs; wall seconds add the waits for a core."""
+    from compvae.pipeline.timing import PHASES
+
+    if not rows:
+        print(f"  {label}: no trial with a breakdown")
+        return None
+    n = len(rows)
+
+    def mean(key: str) -> float:
+        return sum(r.get(key, 0.0) for r in rows) / n
+
+    total, cpu_total = mean("total_seconds"), mean("total_cpu_seconds")
+    print(f"  {label} ({n} trials, mean of each; wall s / CPU s (share of CPU)):")
+    cells = [f"{ph} {mean(f'{ph}_seconds'):.2f}/{mean(f'{ph}_cpu_seconds'):.2f}"
+             + (f" ({mean(f'{ph}_cpu_seconds') / cpu_total:.0%})" if cpu_total else "") for ph in PHASES]
+    for i in range(0, len(cells), 4):
+        print("    " + ", ".join(cells[i:i + 4]))
+    share = mean("non_training_share")
+    print(f"    total {total:.1f} s wall / {cpu_total:.1f} s CPU; child epochs {mean('child_epochs_seconds'):.1f} s; "
+          f"non-training share {share:.1%} wall, {mean('cpu_non_training_share'):.1%} CPU; optimiser steps "
+          f"alone {mean('child_train_share'):.1%} of the wall")
+    return share
 
 
 def outer_parents(layout_root: Path) -> list[dict[str, Any]]:
@@ -134,22 +212,32 @@ def warm_up(folder: Path, concurrency: int) -> None:
     launch(path, name="warmup", storage=folder, out=lambda line: None)
 
 
-def one_search(space_file: Path, storage: Path, name: str, reuse: bool) -> dict[str, Any]:
+def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurrency: int) -> dict[str, Any]:
     """Run one search to the end; its wall time, trial compute time and parents trained."""
     from search.analysis.results import TrialSummary
     from search.run.lifecycle import launch
 
     lines: list[str] = []
-    t0 = time.perf_counter()
+    t0, wall_start = time.perf_counter(), time.time()
     outcome = launch(space_file, name=name, storage=storage, reuse_parents=reuse, out=lines.append)
     wall = time.perf_counter() - t0
+    wall_end = time.time()
     if not outcome.finished:
         raise RuntimeError(f"search {name} did not finish:\n" + "\n".join(lines[-20:]))
     summaries = TrialSummary.load_all(outcome.layout)
-    compute = trial_compute_seconds(outcome.layout.root)
+    intervals = trial_intervals(outcome.layout.root)
+    compute = [e - s for s, e in intervals]
     outer = outer_parents(outcome.layout.root)
+    outer_file = outcome.layout.outer_file
+    outer_span = None
+    if outer_file.is_file():
+        import json
+
+        outer_span = {"end": outer_file.stat().st_mtime, "seconds": json.loads(outer_file.read_text())["seconds"]}
     return {
         "wall": wall,
+        "breakdowns": trial_breakdowns(outcome.layout.root),
+        "timeline": timeline(wall_start, wall_end, intervals, outer_span, concurrency),
         "compute": sum(compute) + sum(p.get("seconds", 0.0) for p in outer),
         "trials": len(summaries),
         "outer": len(outer),
@@ -198,6 +286,11 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
           f"{space.search.resources.cpus:g} CPU each, scheduler "
           f"{'none' if space.search.scheduler is None else 'asha'}; Ray with {args.num_cpus} CPUs; "
           f"effective concurrency {concurrency}")
+    base = space.base_config()
+    print(f"  work per trial: parent {base.parent.epochs} epochs, child {base.child.epochs} epochs on "
+          f"{base.data.num_train} {base.data.name} images; evaluation {base.eval.num_train} + {base.eval.num_test} "
+          f"points ({', '.join(base.eval.metrics)}), per-epoch {base.eval.light_points} points, "
+          f"figures {'on' if base.eval.figures else 'off'}")
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
@@ -211,12 +304,13 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         for r in range(args.repeats):
             for reuse in ((True, False) if r % 2 == 0 else (False, True)):
                 label = "reuse" if reuse else "noreuse"
-                res = one_search(space_file, work / "searches", f"bench-{label}-{r}", reuse)
+                res = one_search(space_file, work / "searches", f"bench-{label}-{r}", reuse, concurrency)
                 results[reuse].append(res)
                 util = res["compute"] / (res["wall"] * concurrency)
                 print(f"  run {r} {label:>8}: wall {res['wall']:7.1f} s, trial compute {res['compute']:7.1f} s, "
                       f"{res['trials']} trials / {res['epochs']} child epochs, parents trained "
                       f"{res['parents_trained']}{' (up front)' if res['outer'] else ''}, utilisation {util:.2f}", flush=True)
+                print("      timeline: " + ", ".join(f"{k} {v:.1f}" for k, v in res["timeline"].items()), flush=True)
     finally:
         ray.shutdown()
         os.chdir(cwd)
@@ -232,10 +326,24 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     for reuse in (True, False):
         print(f"{'reuse' if reuse else 'no reuse':>10}{med(reuse, 'wall'):>10.1f}{med(reuse, 'compute'):>12.1f}"
               f"{med(reuse, 'parents_trained'):>9.0f}{util[reuse]:>13.2f}{1 - util[reuse]:>15.2f}")
-    print(f"wall-time ratio reuse/no-reuse = {ratio:.3f}; target < 0.65: {'met' if ratio < 0.65 else 'NOT met'}")
     print("utilisation = sum(trial compute s) / (wall s x concurrency); Tune overhead = 1 - utilisation")
+    print("\nwhere a trial's seconds go (timings.json breakdown; child epochs = child_train + epoch_eval + "
+          "checkpoint + report, the rest is per-trial fixed cost):")
+    reused_rows = [b for x in results[True] for b in x["breakdowns"] if b["reused"] == 1.0]
+    share = print_breakdown(reused_rows, "reuse, every trial that reused its parent")
+    print_breakdown([b for b in reused_rows if b["finished"]], "reuse, of those the ones that ran all epochs")
+    print_breakdown([b for x in results[False] for b in x["breakdowns"]], "no reuse, every trial")
+    targets = [("utilisation with reuse", util[True], ">=", 0.92),
+               ("non-training share of a reused trial", share, "<=", 0.15),
+               ("wall-time ratio reuse/no-reuse", ratio, "<=", 0.55)]
+    print("\ntargets (issue #16), side by side:")
+    for name, value, op, goal in targets:
+        met = value is not None and (value >= goal if op == ">=" else value <= goal)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        print(f"  {name:<40} {shown:>7}  target {op} {goal:g}: {'met' if met else 'NOT met'}")
     return {"ratio": ratio, "wall_reuse": med(True, "wall"), "wall_noreuse": med(False, "wall"),
-            "utilisation_reuse": util[True], "utilisation_noreuse": util[False]}
+            "utilisation_reuse": util[True], "utilisation_noreuse": util[False],
+            "non_training_share_reuse": share if share is not None else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,11 @@ class SearchLayout:
         return self.root / "parents"
 
     @property
+    def data_dir(self) -> Path:
+        """The search's shared rendered images (:class:`compvae.data_cache.DataCache`)."""
+        return self.root / "data"
+
+    @property
     def outer_file(self) -> Path:
         """The outer level's record (``search/outer.py``); its presence means the stage is done."""
         return self.root / "outer.json"

@@ -113,6 +113,32 @@ def test_a_search_over_mask_and_child_knobs_trains_exactly_one_parent(reuse_sear
     assert parent.data.tags["search.reuse_parents"] == "true"
 
 
+
+def test_reused_workers_and_the_data_cache_give_the_metrics_of_a_trial_run_alone(reuse_search, tmp_path):
+    """Trials share worker processes (Tune's reuse_actors) and rendered images (<search>/data):
+    each trial's metrics.json is byte-identical to its config run alone in this process, with
+    no cache, and a parent from the store only where the trial reused one."""
+    from compvae.trial import run_trial
+
+    layout, summaries = reuse_search
+    pids = [json.loads(line)["pid"] for s in summaries
+            for line in (layout.trial_dir(s.name) / "attempts.jsonl").read_text().splitlines()]
+    assert len(set(pids)) < len(pids), pids  # 4 trials, 2 slots: a worker ran more than one
+    assert list(layout.data_dir.rglob("*.npy"))
+    for s in summaries:
+        cfg = TrialConfig.from_dict(s.config)
+        store = layout.parents_dir if s.metrics[PARENT_REUSED] == 1.0 else None
+        run_trial(cfg, out_dir=tmp_path / s.name, parent_store=store)
+        expected = (layout.trial_dir(s.name) / "metrics.json").read_bytes()
+        assert (tmp_path / s.name / "metrics.json").read_bytes() == expected, s.name
+    # the store's cached parent evaluation against one computed afresh (a trial training its own)
+    reused = next(s for s in summaries if s.metrics[PARENT_REUSED] == 1.0)
+    run_trial(TrialConfig.from_dict(reused.config), out_dir=tmp_path / "own-parent")
+    fresh = json.loads((tmp_path / "own-parent" / "metrics.json").read_text())
+    cached = json.loads((layout.trial_dir(reused.name) / "metrics.json").read_text())
+    assert fresh.pop(PARENT_REUSED) == 0.0 and cached.pop(PARENT_REUSED) == 1.0
+    assert fresh == cached
+
 @pytest.mark.slow
 def test_without_reuse_every_trial_trains_its_parent(ray_local, tmp_path, tiny_space):
     layout, summaries = _search(tmp_path, _mask_and_child_space(tmp_path, tiny_space), "reuse-off",

@@ -43,6 +43,50 @@ def test_every_masking_mode_trains_reports_and_evaluates(mode, tmp_path):
         "mask_pipeline.png", "parent_traversal.png", "child_traversal.png", "child_reconstructions.png"}
 
 
+
+def test_timings_break_the_trial_into_phases_that_add_up(tmp_path):
+    """timings.json: every phase, their sum against the trial's own clock, the training share;
+    and per-epoch seconds reported with each epoch but kept out of metrics.json."""
+    from compvae.pipeline.timing import PHASES
+
+    reports: list[dict] = []
+    cfg = tiny(**{"eval.figures": True, "eval.num_figure_images": 2})
+    run_trial(cfg, report=lambda m, e: reports.append(m), out_dir=tmp_path, checkpoint_dir=tmp_path / "state")
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    phases = {p: timings[f"breakdown/{p}_seconds"] for p in PHASES}
+    assert all(v >= 0.0 for v in phases.values())
+    for p in ("data", "parent", "masks", "child_train", "epoch_eval", "checkpoint", "report", "final_eval",
+              "figures", "outputs"):
+        assert phases[p] > 0.0, p
+    total = timings["breakdown/total_seconds"]
+    assert total == pytest.approx(sum(phases.values()))
+    # the phases cover the trial: the trial's own clock (stopped before the outputs) fits inside
+    assert timings["trial_seconds"] <= total <= timings["trial_seconds"] + phases["figures"] + phases["outputs"] + 0.5
+    epochs = phases["child_train"] + phases["epoch_eval"] + phases["checkpoint"] + phases["report"]
+    assert timings["breakdown/child_epochs_seconds"] == pytest.approx(epochs)
+    assert timings["breakdown/non_training_share"] == pytest.approx(1 - epochs / total)
+    cpu = {p: timings[f"breakdown/{p}_cpu_seconds"] for p in PHASES}
+    assert cpu["child_train"] > 0.0 and timings["breakdown/total_cpu_seconds"] == pytest.approx(sum(cpu.values()))
+    assert 0.0 < timings["breakdown/cpu_non_training_share"] < 1.0
+    assert all(r["child/epoch_seconds"] > 0 for r in reports)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert not [k for k in saved if "seconds" in k or k.startswith("resources/")]
+
+
+def test_a_trial_stopped_after_an_epoch_leaves_its_breakdown(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(metrics, epoch):
+        raise Stop  # as a scheduler ending the trial at this epoch's report
+
+    with pytest.raises(Stop):
+        run_trial(tiny(), report=stop, out_dir=tmp_path)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["breakdown/child_train_seconds"] > 0 and timings["breakdown/epoch_eval_seconds"] > 0
+    assert timings["breakdown/final_eval_seconds"] == 0.0 and timings["child/epoch_seconds"] > 0
+    assert not (tmp_path / "metrics.json").exists()
+
 def test_loss_weight_follows_mode():
     x = torch.rand(2, 1, 4, 4)
     m = torch.zeros(2, 1, 4, 4)

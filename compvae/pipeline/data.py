@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from compvae.config import TrialConfig
 from compvae.data import GroundTruthData, dataset_options, get_dataset
+from compvae.data_cache import DataCache
 from compvae.pipeline.state import TEST_SAMPLE, TRAIN_SAMPLE, stream
 from compvae.progress import Progress
 
@@ -33,10 +34,16 @@ class TrialData:
     test_details: torch.Tensor | None  # float (n, 1, Rc, Rc): where the fine factors change pixels
 
 
-def load_data(cfg: TrialConfig, device: torch.device, prog: Progress, with_child: bool = True) -> TrialData:
+def load_data(cfg: TrialConfig, device: torch.device, prog: Progress, with_child: bool = True,
+              cache: DataCache | None = None) -> TrialData:
     """Training and held-out images; ``with_child=False`` leaves the child's views at the
-    parent's resolution (enough to train and evaluate a parent)."""
-    parent_data = get_dataset(cfg.data.name, **dataset_options(cfg, cfg.parent.resolution))
+    parent's resolution (enough to train and evaluate a parent). With ``cache`` (a search's
+    shared :class:`~compvae.data_cache.DataCache`) every image set the trial renders, here and
+    in its evaluations, is rendered once per search and read back by the other trials."""
+    options = dataset_options(cfg, cfg.parent.resolution)
+    parent_data = get_dataset(cfg.data.name, **options)
+    if cache is not None:
+        parent_data = cache.wrap(parent_data, options)
     child_data = parent_data.with_resolution(cfg.child.resolution) if with_child else parent_data
     rng = stream(cfg.train.seed, TRAIN_SAMPLE)
     n = cfg.data.num_train
@@ -62,8 +69,9 @@ def load_data(cfg: TrialConfig, device: torch.device, prog: Progress, with_child
         sil = torch.from_numpy(child_data.silhouettes(test_factors)).to(device)
     if hasattr(child_data, "detail_regions"):
         details = torch.from_numpy(child_data.detail_regions(test_factors)).to(device)
+    how = "rendered" if cache is None else f"rendered or read from {cache.root}"
     prog.write(f"data   {cfg.data.name}: {n} training images at {parent_data.resolution}/"
-               f"{child_data.resolution} px rendered in {time.perf_counter() - t0:.1f}s")
+               f"{child_data.resolution} px {how} in {time.perf_counter() - t0:.1f}s")
     return TrialData(parent_data, child_data, train_factors, parent_images, child_images,
                      test_factors, test_parent, test_child, sil, details)
 

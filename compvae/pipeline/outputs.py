@@ -25,29 +25,50 @@ from compvae.pipeline.state import (
     PARENT_WEIGHTS,
     TIMINGS_FILE,
 )
+from compvae.pipeline.timing import PhaseTimer
 from compvae.progress import Progress
 
 TIMING_MARK = "seconds"  # e.g. trial_seconds, child/eval_seconds_mig
+RESOURCE_PREFIX = "resources/"  # e.g. resources/peak_gpu_mib: measured, not computed
+
+
+def is_timing(key: str) -> bool:
+    """Whether a metric key is a measurement of the run (time, memory) rather than a result."""
+    return TIMING_MARK in key or key.startswith(RESOURCE_PREFIX)
 
 
 def split_timings(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-    """(deterministic metrics, wall-clock timings): only the former must reproduce exactly."""
-    timings = {k: v for k, v in metrics.items() if TIMING_MARK in k}
+    """(deterministic metrics, wall-clock timings and resources): only the former must
+    reproduce exactly."""
+    timings = {k: v for k, v in metrics.items() if is_timing(k)}
     return {k: v for k, v in metrics.items() if k not in timings}, timings
 
 
 def write_outputs(out: Path, cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE,
-                   masker: Masker, metrics: dict[str, float], prog: Progress) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(parent.state_dict(), out / PARENT_WEIGHTS)
-    atomic_torch_save(child.state_dict(), out / CHILD_WEIGHTS)
+                   masker: Masker, metrics: dict[str, float], prog: Progress,
+                   timer: PhaseTimer | None = None) -> None:
+    """Weights, figures, ``timings.json`` (with ``timer``'s breakdown), config, metrics.json last."""
+    timer = timer if timer is not None else PhaseTimer()
+    with timer.phase("outputs"):
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(parent.state_dict(), out / PARENT_WEIGHTS)
+        atomic_torch_save(child.state_dict(), out / CHILD_WEIGHTS)
     if cfg.eval.figures:
-        write_figures(out / FIGURES_DIR, cfg, data, parent, child, masker)
-    values, timings = split_timings(metrics)
-    atomic_write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2, sort_keys=True))
+        with timer.phase("figures"):
+            write_figures(out / FIGURES_DIR, cfg, data, parent, child, masker)
+    values, _ = split_timings(metrics)
+    write_timings(out, metrics, timer)
     atomic_write_text(out / CONFIG_FILE, cfg.to_yaml())
     atomic_write_text(out / METRICS_FILE, json.dumps(values, indent=2, sort_keys=True))  # last: marks done
     prog.write(f"wrote  {out}")
+
+
+def write_timings(out: Path, metrics: dict[str, float], timer: PhaseTimer) -> None:
+    """``timings.json``: the timing entries of ``metrics`` and ``timer``'s breakdown. Written
+    after every child epoch too, so a trial a scheduler stops early leaves its breakdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {**split_timings(metrics)[1], **timer.breakdown()}
+    atomic_write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2, sort_keys=True))
 
 
 @torch.no_grad()

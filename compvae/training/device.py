@@ -47,3 +47,21 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+#: The metric of a trial's peak GPU memory (CUDA only), in MiB.
+PEAK_GPU_MEMORY = "resources/peak_gpu_mib"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the peak GPU memory of ``device`` afresh (nothing on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """``{PEAK_GPU_MEMORY: MiB}``: the most memory torch's allocator held on ``device`` since
+    :func:`reset_peak_memory`; empty on CPU, where there is no GPU memory to report."""
+    if device.type != "cuda":
+        return {}
+    return {PEAK_GPU_MEMORY: torch.cuda.max_memory_allocated(device) / 2**20}

@@ -26,7 +26,7 @@ def _label(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
-def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
+def _prepare(config: dict[str, Any], store: str, data: str | None = None) -> dict[str, Any]:
     """Ray task body: one parent trained (or found) and evaluated in the store, with the Ray
     node it ran on (which node trained what is otherwise lost with the task)."""
     import ray
@@ -35,7 +35,7 @@ def _prepare(config: dict[str, Any], store: str) -> dict[str, Any]:
     from search.run.trainable import hide_unassigned_gpus
 
     hide_unassigned_gpus()
-    return {**prepare_parent(config, store), "node": ray.get_runtime_context().get_node_id()}
+    return {**prepare_parent(config, store, data_cache=data), "node": ray.get_runtime_context().get_node_id()}
 
 
 def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> 
             while queue and len(pending) < limit:
                 i = queue.pop(0)
                 config = space.trial_config(points[i]).to_dict()
-                pending[task.remote(config, store)] = i
+                pending[task.remote(config, store, str(layout.data_dir))] = i
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 i = pending.pop(ref)

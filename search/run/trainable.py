@@ -82,8 +82,11 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     """Run one trial: base config + this trial's sample, reporting every child epoch.
 
     ``reuse_parents`` (``search.reuse_parents``) shares trained parents through
-    ``<search>/parents``; off, every trial trains its own (the benchmark's baseline).
+    ``<search>/parents`` and rendered images through ``<search>/data``; off, every trial
+    computes everything itself (the benchmark's baseline).
     """
+    t_start, c_start = time.perf_counter(), time.thread_time()  # the breakdown's startup: imports, folders, resume checks
+    from compvae.pipeline.timing import PhaseTimer
     from compvae.trial import (  # torch and friends: import in the worker only
         epoch_history,
         run_trial,
@@ -156,8 +159,11 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
 
     try:
         try:
+            timer = PhaseTimer()
+            timer.add("startup", time.perf_counter() - t_start, time.thread_time() - c_start)
             run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
-                      parent_store=layout.parents_dir if reuse_parents else None, progress=False)
+                      parent_store=layout.parents_dir if reuse_parents else None, progress=False,
+                      timer=timer, data_cache=layout.data_dir if reuse_parents else None)
         except TrialFailed as exc:
             # Caused by the knobs (empty mask, divergence): tell the driver before raising, so
             # Tune ends the trial FAILED instead of retrying it into the same failure.

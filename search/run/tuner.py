@@ -64,6 +64,11 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extr
             scheduler=_scheduler(space),
             num_samples=space.num_trials,
             max_concurrent_trials=space.search.max_concurrent,
+            # A finished or stopped trial's worker runs the next trial: no new process, no second
+            # import of torch and the trial code per trial (seconds each, issue #16). A trial
+            # leaves no state in its process that the next one reads: run_trial seeds every
+            # stream it draws from (tests/test_parent_reuse.py checks a reused worker's metrics).
+            reuse_actors=True,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
         ),
