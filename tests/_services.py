@@ -179,3 +179,25 @@ def two_node_cluster(tmp: Path, port: int) -> Iterator[TwoNodeCluster]:
         for proc in reversed(procs):
             stop_group(proc)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_ray(**env: str) -> Iterator[str]:
+    """One local Ray for a test module (its GCS address), with ``env`` set before ``ray.init``
+    (workers inherit the raylet's environment) and Tune's default loggers off; both restored."""
+    import ray
+
+    env = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", **env}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+

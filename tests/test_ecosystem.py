@@ -23,6 +23,7 @@ import pytest
 import ray
 import torch
 import yaml
+from _services import local_ray
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -40,15 +41,8 @@ DESCRIPTION = "Tiny ecosystem check: does beta or the masking mode matter?"
 
 @pytest.fixture(scope="module")
 def ray_local():
-    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-    if saved is None:
-        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-    else:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
+    with local_ray() as address:
+        yield address
 
 
 def _space(**search: Any) -> dict[str, Any]:

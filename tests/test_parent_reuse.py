@@ -12,13 +12,12 @@ config then retrains from scratch with ``compvae train``, or reuses the search's
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 import yaml
+from _services import local_ray
 from mlflow.tracking import MlflowClient
 
 from compvae.cli import main as compvae_main
@@ -35,15 +34,8 @@ NUM_TRIALS = 4
 
 @pytest.fixture(scope="module")
 def ray_local():
-    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    if saved is None:
-        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-    else:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
+    with local_ray() as address:
+        yield address
 
 
 def _mask_and_child_space(tmp: Path, tiny_space: dict[str, Any]) -> Path:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import yaml
+from _services import local_ray
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
@@ -39,17 +39,8 @@ FAULT = "e2e-multi/trial_00001@1"
 
 @pytest.fixture(scope="module")
 def ray_local():
-    saved = {k: os.environ.get(k) for k in (FAULT_ENV, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")}
-    os.environ[FAULT_ENV] = FAULT  # before ray.init: workers inherit the raylet's environment
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_ray(**{FAULT_ENV: FAULT}) as address:  # the raylet's workers inherit it
+        yield address
 
 
 def _client(state: SearchState) -> MlflowClient:

@@ -10,14 +10,13 @@ formula, and leave the figure in the report folder and in the parent MLflow run.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 import yaml
+from _services import local_ray
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -105,15 +104,8 @@ def test_shipped_study_spaces_are_the_promised_grids() -> None:
 # ---- the miniature study on real Ray + MLflow -----------------------------------------------
 @pytest.fixture(scope="module")
 def ray_local():
-    saved = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-    if saved is None:
-        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-    else:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = saved
+    with local_ray() as address:
+        yield address
 
 
 def _mini_study(tmp_path: Path) -> Path:
