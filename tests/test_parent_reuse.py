@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 from _services import local_ray
@@ -93,6 +94,18 @@ def test_a_search_over_mask_and_child_knobs_trains_exactly_one_parent(reuse_sear
 
     # all trials report the same parent metrics (the reusing ones read the cached evaluation)
     assert len({s.metrics["parent/mig"] for s in summaries}) == 1
+
+    # a worker process imports torch and the trial code once: its first trial records the
+    # seconds (outside its phases), the trials it runs next find the modules loaded
+    by_pid: dict[int, list[tuple[float, float]]] = {}
+    for s in summaries:
+        first = json.loads((layout.trial_dir(s.name) / "attempts.jsonl").read_text().splitlines()[0])
+        imports = json.loads((layout.trial_dir(s.name) / "timings.json").read_text())["breakdown/process_imports_seconds"]
+        by_pid.setdefault(first["pid"], []).append((first["time"], imports))
+    assert len(by_pid) < NUM_TRIALS  # workers were reused
+    for runs_of_worker in by_pid.values():
+        runs_of_worker.sort()
+        assert runs_of_worker[0][1] > 0.5 and all(i < 0.1 for _, i in runs_of_worker[1:]), runs_of_worker
 
     # MLflow: the tag mirrors the metric, the param names the shared parent
     runs = _runs(layout)
@@ -244,3 +257,41 @@ def test_outer_keep_ranks_by_the_parent_metric_and_drops_failed_parents(tiny_spa
     assert _keep(space_from_dict(space), _records((1.0, 0.1), (2.0, 0.3), (4.0, 0.05))) == [2.0]
     with pytest.raises(UserError, match="every parent failed to train"):
         _keep(plain, _records((1.0, None), (2.0, None), (4.0, None)))
+
+
+# ---- a streamed outer stage: trials start on each parent as soon as it is trained -------------
+def test_streamed_outer_stage_starts_trials_on_the_parent_trained_first(ray_local, tmp_path, tiny_space):
+    """Without ``keep`` the Tuner starts with the outer stage: while the slow parent still trains,
+    trials already run, pinned to the fast one; the curve of each parent is on the search run."""
+    space = dict(tiny_space)
+    space["params"] = {"parent.epochs": {"choice": [1, 40]}, "child.beta": {"uniform": [1.0, 2.0]}}
+    space["outer"] = {"params": ["parent.epochs"]}
+    space["search"] = {**space["search"], "sampler": "random", "num_samples": NUM_TRIALS, "max_concurrent": 2,
+                       "scheduler": "none"}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    layout, summaries = _search(tmp_path, path, "streamed")
+    record = load_record(layout)
+    assert record is not None and record["streamed"] is True and record["kept"] is None
+    by_epochs = {p["values"]["parent.epochs"]: p for p in record["points"]}
+    assert all("error" not in p and not p["reused"] for p in by_epochs.values())
+    slow_done = by_epochs[40]["finished_at"]
+    assert by_epochs[1]["finished_at"] < slow_done
+
+    # when the gate gave each trial its config: Optuna's ask (a trial's process may then take a
+    # while to boot on a busy machine, so its own start time says less about the scheduling)
+    state = SearchState.load(layout)
+    study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
+    asked = {t.user_attrs["trial_name"]: t for t in study.trials}
+    early = [s for s in summaries if asked[s.name].datetime_start.timestamp() < slow_done]
+    assert early, "no trial was started before the slow parent finished: the stage was not streamed"
+    # a trial started early was pinned to the trained parent, and Optuna recorded that value
+    assert all(TrialConfig.from_dict(s.config).parent.epochs == 1 for s in early)
+    assert all(asked[s.name].params["parent.epochs"] == 1 for s in early)
+    assert all(s.metrics[PARENT_REUSED] == 1.0 for s in summaries)  # nobody trained a parent itself
+    client = MlflowClient(state.mlflow_uri)
+    for epochs in (1, 40):
+        curve = client.get_metric_history(state.mlflow_parent_run_id, f"parent_train/parent.epochs:{epochs}/loss")
+        assert sorted(m.step for m in curve) == list(range(1, epochs + 1))
+    tags = client.get_run(state.mlflow_parent_run_id).data.tags
+    assert tags["outer.parents"] == "2" and tags["outer.kept"] == "all"

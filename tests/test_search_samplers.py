@@ -74,3 +74,69 @@ def test_searcher_prunes_asha_cut_trials_and_skips_epochs_without_objective(tiny
     assert states == ["COMPLETE", "PRUNED", "FAIL"]
     assert study.best_value == pytest.approx(0.3)  # not the truncated 0.9
     assert study.trials[0].intermediate_values == {1: 0.1}
+
+
+class _Stage:
+    """The parts of an outer stage the gate reads (search.run.outer.OuterStage)."""
+
+    def __init__(self, ready, in_flight, record=None, error=None):
+        self._ready, self.in_flight, self.record, self.error = ready, in_flight, record, error
+        self.polled: list[int] = []
+
+    @property
+    def finished(self):
+        return self.record is not None or self.error is not None
+
+    def ready(self):
+        return [{"parent.beta": b} for b in self._ready]
+
+    def poll(self, free):
+        self.polled.append(free)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_gate_starts_trials_only_on_trained_parents_and_shares_the_slots(tiny_space, tmp_path, sampler):
+    from ray.tune.search import Searcher
+
+    from search.run import gate
+
+    data = dict(tiny_space)
+    data["params"] = {"parent.beta": {"choice": [1.0, 2.0, 4.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
+    data["outer"] = {"params": ["parent.beta"]}
+    data["search"] = {**data["search"], "sampler": sampler, "max_concurrent": 2}
+    space = space_from_dict(data)
+    root = str(tmp_path)
+    g = gate.ParentGate(make_searcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s"), 2, root)
+    try:
+        gate.register(root, stage := _Stage([], 2))
+        assert g.suggest("t1") is None and stage.polled == [2]  # no parent trained yet: no trial
+        stage._ready, stage.in_flight = [2.0], 1
+        assert g.suggest("t1")["parent.beta"] == 2.0  # pinned to the one trained parent
+        assert g.suggest("t2") is None  # one trial + one parent in flight fill both slots
+        stage._ready, stage.in_flight = [1.0, 2.0], 0
+        assert g.suggest("t2")["parent.beta"] == 1.0  # the least used trained parent
+        g.on_trial_complete("t1", {"child/mig": 0.1, "epoch": 2})
+        g.on_trial_complete("t2", {"child/mig": 0.2, "epoch": 2})
+        # done, 4.0 failed: the rest of the search stays on the parents that trained
+        stage.record = {"points": [{"values": {"parent.beta": 1.0}}, {"values": {"parent.beta": 2.0}},
+                                   {"values": {"parent.beta": 4.0}, "error": "TrainingDiverged"}]}
+        seen = set()
+        for i in range(3, 9):
+            config = g.suggest(f"t{i}")
+            seen.add(config["parent.beta"])
+            g.on_trial_complete(f"t{i}", {"child/mig": 0.1, "epoch": 2})
+        assert seen == {1.0, 2.0}
+        stage.record["points"][2].pop("error")  # every parent trained: the sampler is free
+        draws = set()
+        for i in range(9, 40):
+            draws.add(g.suggest(f"t{i}")["parent.beta"])
+            g.on_trial_complete(f"t{i}", {"child/mig": 0.1, "epoch": 2})
+        assert 4.0 in draws
+        gate.register(root, _Stage([], 0, error="outer level: every parent failed to train"))
+        g._free = None
+        assert g.suggest("t99") == Searcher.FINISHED
+    finally:
+        gate.unregister(root)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.params["parent.beta"] for t in study.trials[:2]] == [2.0, 1.0]  # the study saw the pins
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # no pin left over

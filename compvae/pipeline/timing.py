@@ -17,6 +17,9 @@ floats (the search's MLflow callback logs every ``timings.json`` entry as a metr
                                   other work, wall seconds include waiting for a core and CPU
                                   seconds do not, so shares in CPU seconds survive contention
                                   (with one torch thread, as a search's 1-CPU trials run)
+    breakdown/process_imports_seconds  torch and the trial code imported by the worker process
+                                  (not a phase, not in the total): only the first trial of each
+                                  worker pays it, the next ones reuse the process (reuse_actors)
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self.cpu_seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.process_imports = 0.0  # wall seconds, once per process (see the module docstring)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -71,4 +75,5 @@ class PhaseTimer:
         out.update({f"{PREFIX}{k}_cpu_seconds": v for k, v in self.cpu_seconds.items()})
         out[f"{PREFIX}total_cpu_seconds"] = cpu_total
         out[f"{PREFIX}cpu_non_training_share"] = 1.0 - cpu_epochs / cpu_total if cpu_total > 0 else 0.0
+        out[f"{PREFIX}process_imports_seconds"] = self.process_imports
         return out

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 from torch import nn
 
 from compvae.errors import TrainingDiverged
@@ -34,6 +35,9 @@ LogValue = torch.Tensor | float | int
 LossFn = Callable[[dict[str, torch.Tensor], int], tuple[torch.Tensor, Mapping[str, LogValue]]]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+# torch.optim imports torch._dynamo on an optimiser's first use (~2.5 s on CPU): imported with
+# this module it is a process start-up cost, paid once per worker, not charged to the first
+# trial's masks phase (where the child's optimiser is built) and skewing its breakdown.
 CUDA_NAN_CHECK_EVERY = 50  # steps between device syncs for the NaN guard on CUDA
 _CPU_WINDOW = 64  # on CPU the window only batches the accumulation; the check is per step
 

@@ -196,6 +196,9 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
                restore: bool, out: Printer, tracker: MlflowTracker, callbacks: Sequence[Any] = ()) -> Outcome:
     from ray import tune
 
+    from search.run import gate
+    from search.run.outer import streamed
+
     assert state.mlflow_parent_run_id
     try:
         tracker.set_status(state.mlflow_parent_run_id, "RUNNING")
@@ -203,13 +206,25 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
         state.history.append({"event": "resume" if restore else "launch",
                               "time": dt.datetime.now().isoformat(timespec="seconds"), "address": address})
         state.save(layout)
-        space = _outer_level(space, layout, state, tracker, out)
-        if restore and tune.Tuner.can_restore(str(layout.tune_dir)):
-            tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=trainable(space, layout),
-                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
-        else:  # a fresh search, or one stopped before Tune saved anything: the study goes on
-            tuner = new_tuner(space, layout, state, callbacks)
-        tuner.fit()
+        space, stage = _outer_level(space, layout, state, tracker, out)
+        try:
+            if restore and tune.Tuner.can_restore(str(layout.tune_dir)):
+                tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=trainable(space, layout),
+                                           resume_unfinished=True, resume_errored=False, restart_errored=False)
+            else:  # a fresh search, or one stopped before Tune saved anything: the study goes on
+                tuner = new_tuner(space, layout, state, callbacks, gate_outer=streamed(space))
+            tuner.fit()
+            if stage is not None and not stage.finished:
+                if _all_trials_done(space, layout):
+                    stage.drain()  # parents no trial needed (fewer trials than parents) finish too
+                else:
+                    stage.cancel()  # stopped: a resume continues them from their partial state
+        except BaseException:
+            if stage is not None:
+                stage.cancel()
+            raise
+        finally:
+            gate.unregister(str(layout.root))
     except KeyboardInterrupt:
         _mark(tracker, layout, state, "interrupted", "KILLED")
         out(f"interrupted; continue with `compvae-search resume {layout.root}`")
@@ -222,9 +237,7 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
         _mark(tracker, layout, state, "failed", "FAILED")
         raise UserError(abort.read_text().strip())
     summaries = [s for s in TrialSummary.load_all(layout) if s.status != LOST]
-    finished = (len(summaries) >= space.num_trials
-                and all(s.status in (COMPLETED, STOPPED, FAILED) for s in summaries))
-    if not finished:
+    if not _all_trials_done(space, layout):
         _mark(tracker, layout, state, "interrupted", "KILLED")
         out(f"interrupted: {sum(s.status != 'RUNNING' for s in summaries)}/{space.num_trials} trials done; "
             f"continue with `compvae-search resume {layout.root}`")
@@ -233,27 +246,74 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
     return Outcome(layout, True, summaries)
 
 
+def _all_trials_done(space: SearchSpace, layout: SearchLayout) -> bool:
+    summaries = [s for s in TrialSummary.load_all(layout) if s.status != LOST]
+    return (len(summaries) >= space.num_trials
+            and all(s.status in (COMPLETED, STOPPED, FAILED) for s in summaries))
+
+
 def _outer_level(space: SearchSpace, layout: SearchLayout, state: SearchState, tracker: MlflowTracker,
-                 out: Printer) -> SearchSpace:
-    """Train the space's outer parents (once per search) and return the space the Tuner runs.
-    Without reuse (the benchmark's baseline) trials train their own parents as ever."""
-    from search.run.outer import effective_space, load_record, pretrain_parents
+                 out: Printer) -> tuple[SearchSpace, Any]:
+    """Start the space's outer stage (once per search) and return the space the Tuner runs, with
+    the stage when it is streamed (trials start on each parent once trained; the Tuner's gate
+    polls it), else None: the stage ran to its end here. Without reuse (the benchmark's
+    baseline) trials train their own parents as ever."""
+    from search.run import gate
+    from search.run.outer import OuterStage, effective_space, load_record, streamed
 
     if space.outer is None or not space.search.reuse_parents:
-        return space
+        return space, None
     record = load_record(layout)
-    if record is None:
-        assert state.mlflow_parent_run_id
-        record = pretrain_parents(space, layout, out)
-        write_json_atomic(layout.outer_file, record)
-        kept = record["kept"]
-        tracker.set_tags(state.mlflow_parent_run_id, {
-            "outer.parents": str(len(record["points"])),
-            "outer.kept": "all" if kept is None else ", ".join(map(str, kept)),
-            "outer.rank_by": f"{space.outer.rank_by.metric} ({space.outer.rank_by.mode})",
-        })
-        tracker.log_artifact(state.mlflow_parent_run_id, layout.outer_file)
-    return effective_space(space, record)
+    if record is not None:
+        return effective_space(space, record), None
+    assert state.mlflow_parent_run_id
+    run_id = state.mlflow_parent_run_id
+
+    def on_parent(rec: dict[str, Any]) -> None:
+        log_parent_curve(tracker, run_id, layout, rec)
+
+    def on_done(rec: dict[str, Any]) -> None:
+        _record_outer(space, layout, tracker, run_id, rec)
+
+    stage = OuterStage(space, layout, out, on_parent=on_parent, streamed=streamed(space), on_done=on_done)
+    if stage.streamed:
+        stage.poll(stage.limit)  # the parents start while Tune starts up
+        gate.register(str(layout.root), stage)
+        return space, stage
+    return effective_space(space, stage.drain()), None
+
+
+def _record_outer(space: SearchSpace, layout: SearchLayout, tracker: MlflowTracker, run_id: str,
+                  record: dict[str, Any]) -> None:
+    """The finished outer stage: ``outer.json`` (what resume reads) and the search run's tags."""
+    assert space.outer is not None
+    write_json_atomic(layout.outer_file, record)
+    kept = record["kept"]
+    failed = [p for p in record["points"] if "error" in p]
+    tracker.set_tags(run_id, {
+        "outer.parents": str(len(record["points"])),
+        "outer.kept": ("all" if not failed else f"all but {len(failed)} that failed") if kept is None
+        else ", ".join(map(str, kept)),
+        "outer.rank_by": f"{space.outer.rank_by.metric} ({space.outer.rank_by.mode})",
+    })
+    tracker.log_artifact(run_id, layout.outer_file)
+
+
+def log_parent_curve(tracker: MlflowTracker, run_id: str, layout: SearchLayout, rec: dict[str, Any]) -> None:
+    """An outer parent's training curve on the search run that trained it:
+    ``parent_train/<knob:value ...>/<metric>``, step = parent epoch (a trial that reuses the
+    parent logs none: it did not train it)."""
+    import json
+
+    from compvae.pipeline.state import PARENT_HISTORY
+
+    path = layout.parents_dir / str(rec.get("key", "")) / PARENT_HISTORY
+    if rec.get("reused") or "key" not in rec or not path.is_file():
+        return
+    label = " ".join(f"{k}:{v}" for k, v in rec["values"].items())
+    for row in json.loads(path.read_text()):
+        tracker.log_metrics(run_id, {f"parent_train/{label}/{k}": float(v) for k, v in row.items() if k != "epoch"},
+                            step=int(row["epoch"]))
 
 
 def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, status: str, run_status: str) -> None:

@@ -38,7 +38,143 @@ def _prepare(config: dict[str, Any], store: str, data: str | None = None) -> dic
     return {**prepare_parent(config, store, data_cache=data), "node": ray.get_runtime_context().get_node_id()}
 
 
-def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> dict[str, Any]:
+def streamed(space: SearchSpace) -> bool:
+    """Whether trials may start while the outer stage still trains: each on a parent already
+    trained. Not with ``keep`` (the kept parents are known only once all are ranked) nor with
+    the grid sampler (its points are fixed by trial number, so a trial cannot be pinned)."""
+    return (space.outer is not None and space.search.reuse_parents and space.outer.keep is None
+            and space.search.sampler != "grid")
+
+
+class OuterStage:
+    """The outer parents as Ray tasks, ``max_concurrent`` at a time, polled by the driver.
+
+    ``poll`` submits what the free slots allow and collects what finished; the blocking stage
+    (:func:`pretrain_parents`) polls until the end, a streamed one is polled by the search's
+    :class:`ParentGate` while trials already run on the parents that are ready. ``on_parent``
+    is called with each finished point's record (the driver logs its curve to MLflow), and
+    ``on_done`` with the stage's record once every parent is done (``outer.json``).
+    """
+
+    def __init__(self, space: SearchSpace, layout: SearchLayout, out: Printer,
+                 on_parent: Callable[[dict[str, Any]], None] | None = None, streamed: bool = False,
+                 on_done: Callable[[dict[str, Any]], None] | None = None) -> None:
+        import ray
+
+        assert space.outer is not None
+        self.space, self.layout, self.out = space, layout, out
+        self.on_parent, self.on_done = on_parent, on_done
+        self.streamed = streamed
+        self.points = space.outer_points()
+        res = space.search.resources
+        # A worker that dies (killed, OOM, node lost) is retried like a trial, up to max_failures,
+        # and resumes the parent's partial state; an exception the parent raises is not retried.
+        self._task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=space.search.max_failures,
+                                retry_exceptions=False)(_prepare)
+        self.limit = max(1, space.search.max_concurrent)
+        self.records: list[dict[str, Any]] = [{"values": p} for p in self.points]
+        self.pending: dict[Any, int] = {}
+        self.queue = list(range(len(self.points)))
+        self.t0 = time.perf_counter()
+        self.record: dict[str, Any] | None = None  # set once every parent is done
+        self.error: str | None = None  # set when the stage cannot go on (every parent failed)
+        how = ("trials start on each as soon as it is trained" if streamed else "trained up front")
+        out(f"outer level: {len(self.points)} parents ({', '.join(space.outer_axes())}), {how}, "
+            f"{min(self.limit, len(self.points))} at a time")
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    @property
+    def finished(self) -> bool:
+        return self.record is not None or self.error is not None
+
+    def ready(self) -> list[dict[str, Any]]:
+        """The points whose parent is trained (in the space's order)."""
+        return [r["values"] for r in self.records if "metrics" in r and "error" not in r]
+
+    def poll(self, free: int, block: bool = False) -> None:
+        """Start queued parents on up to ``free`` slots, then take in every finished one
+        (with ``block``, wait for at least one)."""
+        import ray
+
+        while self.queue and len(self.pending) < min(free, self.limit):
+            i = self.queue.pop(0)
+            config = self.space.trial_config(self.points[i]).to_dict()
+            self.pending[self._task.remote(config, str(self.layout.parents_dir), str(self.layout.data_dir))] = i
+        if not self.pending:
+            self._maybe_finish()
+            return
+        ready, _ = ray.wait(list(self.pending), num_returns=1 if block else len(self.pending),
+                            timeout=None if block else 0)
+        for ref in ready:
+            self._take(ref)
+        self._maybe_finish()
+
+    def _take(self, ref: Any) -> None:
+        import ray
+
+        i = self.pending.pop(ref)
+        rec = self.records[i]
+        rec["finished_at"] = time.time()  # when trials could start on it (the benchmark's timeline)
+        try:
+            rec.update(ray.get(ref))
+        except ray.exceptions.RayError as exc:  # the task's own error, or its worker died
+            rec["error"] = short_error(exc)
+            self.out(f"  parent ({_label(self.points[i])}) FAILED: {rec['error']}")
+            return
+        done = sum("key" in r or "error" in r for r in self.records)
+        how = "found in the store" if rec["reused"] else f"trained in {rec['seconds']:.0f}s"
+        assert self.space.outer is not None
+        metric = self.space.outer.rank_by.metric
+        shown = rec["metrics"].get(metric)
+        score = f", {metric} {shown:.4g}" if isinstance(shown, float) else ""
+        self.out(f"  parent {done}/{len(self.points)} ({_label(self.points[i])}): {how}{score}")
+        if self.on_parent is not None:
+            self.on_parent(rec)
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self.queue or self.pending:
+            return
+        try:
+            kept = _streamed_keep(self.records) if self.streamed else _keep(self.space, self.records)
+        except UserError as exc:
+            self.error = str(exc)
+            return
+        self.record = {"points": self.records, "kept": kept, "seconds": time.perf_counter() - self.t0,
+                       "streamed": self.streamed}
+        assert self.space.outer is not None
+        self.out(f"outer level done in {self.record['seconds']:.0f}s" +
+                 (f"; inner search on {self.space.outer.params[0]} in {kept}" if kept is not None else ""))
+        if self.on_done is not None:
+            self.on_done(self.record)
+
+    def cancel(self) -> None:
+        """Stop the parents in flight (Ctrl-C): the store's lock dies with the worker and the
+        partial state stays, so a resumed stage continues them."""
+        import ray
+
+        for ref in self.pending:
+            ray.cancel(ref, force=True)
+        self.pending.clear()
+
+    def drain(self) -> dict[str, Any]:
+        """Wait for every parent; the stage's record (raises UserError when none trained)."""
+        try:
+            while not self.finished:
+                self.poll(self.limit, block=True)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        if self.error is not None:
+            raise UserError(self.error)
+        assert self.record is not None
+        return self.record
+
+
+def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer,
+                     on_parent: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the outer level's parents; return the record the driver writes to ``outer.json``.
 
     The record: ``points`` (one per parent: its knob values, store key, metrics, seconds,
@@ -46,53 +182,16 @@ def pretrain_parents(space: SearchSpace, layout: SearchLayout, out: Printer) -> 
     values of the single outer param passed to the inner search, or None when the inner search
     keeps the space as is).
     """
-    import ray
+    return OuterStage(space, layout, out, on_parent).drain()
 
-    assert space.outer is not None
-    points = space.outer_points()
-    res = space.search.resources
-    # A worker that dies (killed, OOM, node lost) is retried like a trial, up to max_failures,
-    # and resumes the parent's partial state; an exception the parent raises is not retried.
-    task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=space.search.max_failures,
-                      retry_exceptions=False)(_prepare)
-    store = str(layout.parents_dir)
-    limit = max(1, space.search.max_concurrent)
-    out(f"outer level: {len(points)} parents ({', '.join(space.outer_axes())}) trained up front, "
-        f"{min(limit, len(points))} at a time")
-    t0 = time.perf_counter()
-    records: list[dict[str, Any]] = [{"values": p} for p in points]
-    pending: dict[Any, int] = {}
-    queue = list(range(len(points)))
-    try:
-        while queue or pending:
-            while queue and len(pending) < limit:
-                i = queue.pop(0)
-                config = space.trial_config(points[i]).to_dict()
-                pending[task.remote(config, store, str(layout.data_dir))] = i
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                i = pending.pop(ref)
-                rec = records[i]
-                try:
-                    rec.update(ray.get(ref))
-                except ray.exceptions.RayError as exc:  # the task's own error, or its worker died
-                    rec["error"] = short_error(exc)
-                    out(f"  parent ({_label(points[i])}) FAILED: {rec['error']}")
-                else:
-                    how = "found in the store" if rec["reused"] else f"trained in {rec['seconds']:.0f}s"
-                    metric = space.outer.rank_by.metric
-                    shown = rec["metrics"].get(metric)
-                    score = f", {metric} {shown:.4g}" if isinstance(shown, float) else ""
-                    out(f"  parent {len(points) - len(queue) - len(pending)}/{len(points)} "
-                        f"({_label(points[i])}): {how}{score}")
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)  # the store's lock dies with the worker; partial state stays
-        raise
-    record = {"points": records, "kept": _keep(space, records), "seconds": time.perf_counter() - t0}
-    out(f"outer level done in {record['seconds']:.0f}s" +
-        (f"; inner search on {space.outer.params[0]} in {record['kept']}" if record["kept"] is not None else ""))
-    return record
+
+def _streamed_keep(records: list[dict[str, Any]]) -> None:
+    """A streamed stage narrows nothing: its gate keeps trials on the parents that trained."""
+    if not any("error" not in r for r in records):
+        first = records[0]
+        raise UserError(f"outer level: every parent failed to train (first: {_label(first['values'])}: "
+                        f"{first['error']}); fix the space's base or its outer values")
+    return None
 
 
 def _keep(space: SearchSpace, records: list[dict[str, Any]]) -> list[Any] | None:

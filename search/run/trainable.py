@@ -85,12 +85,15 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     ``<search>/parents`` and rendered images through ``<search>/data``; off, every trial
     computes everything itself (the benchmark's baseline).
     """
-    t_start, c_start = time.perf_counter(), time.thread_time()  # the breakdown's startup: imports, folders, resume checks
+    t_imports = time.perf_counter()
     from compvae.pipeline.timing import PhaseTimer
     from compvae.trial import (  # torch and friends: import in the worker only
         epoch_history,
         run_trial,
     )
+
+    imports = time.perf_counter() - t_imports  # 0 in a reused worker: the modules are loaded
+    t_start, c_start = time.perf_counter(), time.thread_time()  # the breakdown's startup: folders, resume checks
 
     hide_unassigned_gpus()
     layout = SearchLayout(Path(root))
@@ -160,6 +163,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     try:
         try:
             timer = PhaseTimer()
+            timer.process_imports = imports
             timer.add("startup", time.perf_counter() - t_start, time.thread_time() - c_start)
             run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
                       parent_store=layout.parents_dir if reuse_parents else None, progress=False,

@@ -37,12 +37,15 @@ def _scheduler(space: SearchSpace) -> Any:
                          brackets=asha.brackets, stop_last_trials=False)
 
 
-def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extra_callbacks: Sequence[Any] = ()) -> Any:
-    """The search's Tuner; ``extra_callbacks`` (Tune callbacks) run after the search's own."""
+def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extra_callbacks: Sequence[Any] = (),
+              gate_outer: bool = False) -> Any:
+    """The search's Tuner; ``extra_callbacks`` (Tune callbacks) run after the search's own.
+    ``gate_outer``: the outer stage is streamed, so trials start only on trained parents."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     from search.run.console import ConsoleCallback
+    from search.run.gate import ParentGate
     from search.run.guard import ObjectiveGuard
     from search.run.samplers import make_searcher
     from search.run.trainable import trial_name
@@ -60,10 +63,11 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extr
     return tune.Tuner(
         trainable(space, layout),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space, state.optuna_url, state.study_name),
+            # the gate is Tune's concurrency limiter too, so max_concurrent_trials stays unset
+            search_alg=ParentGate(make_searcher(space, state.optuna_url, state.study_name),
+                                  space.search.max_concurrent, str(layout.root) if gate_outer else None),
             scheduler=_scheduler(space),
             num_samples=space.num_trials,
-            max_concurrent_trials=space.search.max_concurrent,
             # A finished or stopped trial's worker runs the next trial: no new process, no second
             # import of torch and the trial code per trial (seconds each, issue #16). A trial
             # leaves no state in its process that the next one reads: run_trial seeds every
