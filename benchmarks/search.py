@@ -99,7 +99,12 @@ def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]],
         o_start = o_end - outer["seconds"]
         out["before work s"] = o_start - t_start
         out["outer stage s"] = o_end - o_start
-        out["outer -> first trial s"] = max(0.0, first - o_end)
+        if outer.get("streamed"):  # trials overlap the stage: what matters is the first parent's wait
+            first_parent = min(outer["finished_at"]) if outer["finished_at"] else o_end
+            out["first parent -> first trial s"] = max(0.0, first - first_parent)
+            out["stage overlapping trials s"] = max(0.0, o_end - first)
+        else:
+            out["outer -> first trial s"] = max(0.0, first - o_end)
     else:
         out["before work s"] = first - t_start
     busy = sum(min(e, last) - max(s, first) for s, e in intervals)
@@ -154,6 +159,10 @@ def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
              + (f" ({mean(f'{ph}_cpu_seconds') / cpu_total:.0%})" if cpu_total else "") for ph in PHASES]
     for i in range(0, len(cells), 4):
         print("    " + ", ".join(cells[i:i + 4]))
+    imports = [r.get("process_imports_seconds", 0.0) for r in rows]
+    paid = [v for v in imports if v > 0.1]
+    print(f"    worker process imports (outside the phases): {len(paid)} of {n} trials paid them "
+          f"(first trial of each worker), {sum(paid) / max(1, len(paid)):.1f} s each")
     share = mean("non_training_share")
     print(f"    total {total:.1f} s wall / {cpu_total:.1f} s CPU; child epochs {mean('child_epochs_seconds'):.1f} s; "
           f"non-training share {share:.1%} wall, {mean('cpu_non_training_share'):.1%} CPU; optimiser steps "
@@ -233,7 +242,9 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
     if outer_file.is_file():
         import json
 
-        outer_span = {"end": outer_file.stat().st_mtime, "seconds": json.loads(outer_file.read_text())["seconds"]}
+        rec = json.loads(outer_file.read_text())
+        outer_span = {"end": outer_file.stat().st_mtime, "seconds": rec["seconds"], "streamed": rec.get("streamed"),
+                      "finished_at": [p["finished_at"] for p in rec["points"] if "finished_at" in p]}
     return {
         "wall": wall,
         "breakdowns": trial_breakdowns(outcome.layout.root),
