@@ -268,6 +268,51 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
             assert values["parent/recon_error"] > 0
 
 
+# ---- Ctrl-C while a streamed outer stage trains its slow parent and trials already run ----------
+@pytest.mark.slow  # ~2 min on 2 busy cores
+def test_ctrl_c_during_a_streamed_outer_stage_then_resume_finishes_on_both_parents(tmp_path):
+    """Trials run on the fast parent while the slow one trains; Ctrl-C then stops both, and
+    resume continues the slow parent from its partial state (the gate of the restored Tuner
+    finds the restarted stage), ends with every trial reusing a parent and the stage recorded."""
+    from search.run.outer import load_record
+
+    data = {
+        "name": "streamed-ctrlc", "preset": "tiny",
+        "base": {"data": {"num_train": 1024}},
+        "params": {"parent.epochs": {"choice": [1, 60]}, "child.beta": {"uniform": [1.0, 2.0]}},
+        "outer": {"params": ["parent.epochs"]},
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "random", "num_samples": 4, "max_concurrent": 2, "scheduler": "none",
+                   "resources": {"cpus": 1, "gpus": 0}},
+    }
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _launch(tmp_path, space, "streamed")
+    layout = SearchLayout(tmp_path / "s" / "streamed")
+    _wait(lambda: layout.trials_dir.is_dir() and any(layout.trials_dir.glob("*/attempts.jsonl"))
+          and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")), proc,
+          "a trial running while the slow parent is part-way through training")
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc, timeout=120)
+    assert proc.returncode == 130, out
+    assert load_record(layout) is None  # the stage did not finish
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    resumed = subprocess.run([sys.executable, "-m", "search.cli", "resume", "streamed", "--storage", str(tmp_path / "s")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert SearchState.load(layout).status == "finished"
+    record = load_record(layout)
+    assert record is not None and record["streamed"] and all("error" not in p for p in record["points"])
+    slow = next(p for p in record["points"] if p["values"]["parent.epochs"] == 60)
+    assert not slow["reused"]  # trained (continued) by the resumed stage, not found finished
+    stored = sorted(p.name for p in layout.parents_dir.iterdir() if not p.name.endswith(".lock"))
+    assert stored == sorted(p["key"] for p in record["points"])  # no partial left behind
+    summaries = TrialSummary.load_all(layout)
+    assert len(summaries) == 4 and all(s.status == COMPLETED for s in summaries)
+    assert all(s.metrics["parent/reused"] == 1.0 for s in summaries)
+    _check_stores(layout)
+
+
 # ---- the worker training an outer parent is killed ----------------------------------------------
 @pytest.mark.slow  # ~1.5 min on 2 busy cores
 def test_killed_outer_parent_worker_is_retried_and_the_parent_kept(tmp_path):
