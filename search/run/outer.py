@@ -1,6 +1,7 @@
-"""A space's outer level: train every distinct parent up front, then search on the strongest.
+"""A space's outer level: train every distinct parent as Ray tasks, and search on them.
 
-So no trial waits on another's parent and the inner search can keep the best; resumable through
+So no trial waits on another's parent and the inner search can keep the best; without ``keep``
+the stage is streamed (trials start on each parent once trained, ``search.run.gate``); resumable through
 the store and ``outer.json`` (docs/design.md, The outer stage); a parent whose worker
 dies is retried up to ``search.max_failures`` times from its partial state.
 """
