@@ -9,7 +9,9 @@ SQLite/MLflow/Ray resolve relative paths against whichever process opens them)::
       optuna.db       the Optuna study (RDBStorage, written by the driver only)
       tune/           Ray Tune's experiment (tuner.pkl, experiment state, trial checkpoints)
       trials/<trial>/ run_trial outputs (config.yaml, metrics.json, figures/, weights),
-                      summary.json (written by the driver), attempts.jsonl (by the trial)
+                      summary.json (written by the driver), attempts.jsonl (by the trial);
+                      trial_00003 is Optuna trial 3 (search/run/trainable.py: trial_name)
+      lost_trials/    folders of trials a killed driver lost (started, never in Tune's snapshot)
       parents/        trained parents shared between trials (compvae.parent_store)
       report/         trials table and figures;  export/  best / Pareto configs
       driver.lock     held by the one driver running this search
@@ -86,6 +88,14 @@ class SearchLayout:
 
     def trial_dir(self, trial_name: str) -> Path:
         return self.trials_dir / trial_name
+
+    def set_aside_lost_trial(self, trial_name: str, trial_id: str) -> Path:
+        """Move a trial folder a killed driver lost (started, never in Tune's snapshot) to
+        ``lost_trials/<name>-<trial id>``, so ``trials/`` holds only trials Tune knows."""
+        dest = self.root / "lost_trials" / f"{trial_name}-{trial_id}"
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(self.trial_dir(trial_name), dest)
+        return dest
 
     @property
     def parents_dir(self) -> Path:

@@ -506,7 +506,7 @@ def _with_trials(root: Path, *statuses: str) -> None:
     space = load_space(layout.space_file)
     for i, status in enumerate(statuses, start=1):
         sample = {"child.beta": 2.0, "child.masking_mode": "loss"}
-        TrialSummary(trial_id=f"t{i}", name=f"trial_{i:05d}", status=status, epoch=2 if status == "COMPLETED" else 1,
+        TrialSummary(trial_id=f"t{i}", name=f"trial_{i - 1:05d}", status=status, epoch=2 if status == "COMPLETED" else 1,
                      final_epoch=2, params=sample, config=space.trial_config(sample).to_dict(),
                      metrics={"child/mig": 0.1 * i}).save(layout)
 
@@ -518,7 +518,7 @@ def test_export_leaves_only_the_new_export(write_space, tmp_path, capsys):
     assert search_main(["export", str(root), "--out", str(out), "--top", "2"]) == 0
     assert search_main(["export", str(root), "--out", str(out), "--top", "1"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["best.yaml", "index.csv", "rank01_trial_00002.metrics.json", "rank01_trial_00002.yaml"], names
+    assert names == ["best.yaml", "index.csv", "rank01_trial_00001.metrics.json", "rank01_trial_00001.yaml"], names
     (out / "notes.txt").write_text("mine")  # not an export's file: refused, nothing removed
     capsys.readouterr()
     assert search_main(["export", str(root), "--out", str(out)]) == 2

@@ -253,7 +253,7 @@ def test_paired_arms_refuse_two_trials_of_one_arm_and_pair() -> None:
                             params={"child.masking_mode": mode, "train.seed": 0},
                             config={"mask": {"source": source}}, metrics={"child/fine_informativeness": 0.5})
 
-    both = [trial("a/trial_00001", "none", "oracle"), trial("b/trial_00001", "none", "parent")]
+    both = [trial("a/trial_00000", "none", "oracle"), trial("b/trial_00000", "none", "parent")]
     with pytest.raises(ConfigError, match="add the knob that tells them apart"):
         arm_frame(both, ["child.masking_mode"], "train.seed")
     frame = arm_frame(both, ["mask.source", "child.masking_mode"], "train.seed")

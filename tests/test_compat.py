@@ -98,7 +98,7 @@ def test_set_study_trial_attrs_reaches_a_running_trial(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
     study.ask()
     second = study.ask()
-    compat.set_study_trial_attrs(study, 1, {"trial_name": "trial_00002", "mlflow_run_id": "abc"})
+    compat.set_study_trial_attrs(study, 1, {"trial_name": "trial_00001", "mlflow_run_id": "abc"})
     reloaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
-    assert reloaded.trials[1].user_attrs == {"trial_name": "trial_00002", "mlflow_run_id": "abc"}
+    assert reloaded.trials[1].user_attrs == {"trial_name": "trial_00001", "mlflow_run_id": "abc"}
     assert reloaded.trials[0].user_attrs == {} and second.number == 1

@@ -8,7 +8,9 @@ one runs in a subprocess for ``ls``/``status``/``stop`` and is resumed.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import io
 import json
 import os
 import subprocess
@@ -25,7 +27,7 @@ import torch
 import yaml
 from _services import local_ray
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from ray.tune import Callback, ExperimentAnalysis
 
 import search
 from search.analysis.results import COMPLETED, FAILED, TrialSummary
@@ -73,13 +75,19 @@ def storage(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("eco") / "searches"
 
 
+CONSOLE: dict[str, str] = {}  # what a module fixture's search printed, by search name
+
+
 @pytest.fixture(scope="module")
 def search_a(ray_local, storage, tmp_path_factory) -> SearchLayout:
     path = tmp_path_factory.mktemp("space") / "eco.yaml"
     path.write_text(yaml.safe_dump(_space()))
-    rc = main(["launch", str(path), "--storage", str(storage), "--name", "eco-a",
-               "--set", "search.num_samples=3", "--set", "child.epochs=3"])
-    assert rc == 0
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        rc = main(["launch", str(path), "--storage", str(storage), "--name", "eco-a",
+                   "--set", "search.num_samples=3", "--set", "child.epochs=3"])
+    CONSOLE["eco-a"] = console.getvalue()
+    assert rc == 0, CONSOLE["eco-a"]
     return SearchLayout(storage / "eco-a")
 
 
@@ -228,15 +236,22 @@ def test_failed_trial_run_holds_its_traceback_and_mask_figure(search_b):
 
 # ---- Optuna ------------------------------------------------------------------------------------
 def test_optuna_trials_name_their_run_and_numbers_agree(search_a):
+    """One number everywhere: trial_00000 is Optuna trial 0, and its folder, its MLflow run,
+    its Tune trial and the console all call it that."""
     state = SearchState.load(search_a)
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     assert study.metric_names == ["child/mig"]
     runs = _trial_runs(search_a)
     summaries = {s.name: s for s in TrialSummary.load_all(search_a)}
+    folders = sorted(p.name for p in search_a.trials_dir.iterdir())
+    tune_names = {t.trial_id: t.custom_trial_name for t in ExperimentAnalysis(str(search_a.tune_dir)).trials}
     assert len(study.trials) == 3
+    assert folders == sorted(runs) == sorted(summaries) == [f"trial_{t.number:05d}" for t in study.trials]
     for t in study.trials:
         name = t.user_attrs["trial_name"]
-        assert name == f"trial_{t.number + 1:05d}"  # console, folders and MLflow runs count from 1
+        assert name == f"trial_{t.number:05d}" == runs[name].info.run_name == summaries[name].name
+        assert (search_a.trial_dir(name) / "metrics.json").is_file()  # the folder holds that trial's outputs
+        assert tune_names[t.user_attrs["tune_trial_id"]] == name
         assert t.user_attrs["mlflow_run_id"] == summaries[name].mlflow_run_id == runs[name].info.run_id
         assert t.user_attrs["tune_trial_id"] == runs[name].data.tags[TRIAL_ID_TAG]
         assert runs[name].data.tags[OPTUNA_NUMBER_TAG] == str(t.number)
@@ -245,8 +260,11 @@ def test_optuna_trials_name_their_run_and_numbers_agree(search_a):
                           "-f", "json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
-    assert len(shown) == 3 and all(summaries[f"trial_{r['number'] + 1:05d}"].mlflow_run_id in json.dumps(r)
+    assert len(shown) == 3 and all(summaries[f"trial_{r['number']:05d}"].mlflow_run_id in json.dumps(r)
                                    for r in shown)
+    # the console's progress lines name them the same way
+    for name in (f"trial_{t.number:05d}" for t in study.trials):
+        assert f"{name} started " in CONSOLE["eco-a"] and f"{name} completed " in CONSOLE["eco-a"]
 
 
 def test_report_draws_optunas_views_when_there_are_enough_trials(search_a, capsys):
@@ -268,19 +286,19 @@ def test_report_draws_optunas_views_when_there_are_enough_trials(search_a, capsy
 # ---- the Python API ----------------------------------------------------------------------------
 def test_python_api_launch_and_load_trials(search_b):
     layout, trials, recorder = search_b
-    assert sorted(t.name for t in trials) == ["trial_00001", "trial_00002"]
-    assert sorted(recorder.ended) == ["trial_00001", "trial_00002"]  # the extra callback ran
+    assert sorted(t.name for t in trials) == ["trial_00000", "trial_00001"]
+    assert sorted(recorder.ended) == ["trial_00000", "trial_00001"]  # the extra callback ran
     assert {t.status for t in trials} == {COMPLETED, FAILED}
     assert all(t.config["eval"]["figures"] is True for t in trials)  # the override reached the base
     frame = search.load_trials("eco-b", storage=layout.storage)
-    assert list(frame["trial"]) == ["trial_00001", "trial_00002"]
+    assert list(frame["trial"]) == ["trial_00000", "trial_00001"]
     assert set(frame["status"]) == {COMPLETED, FAILED}
     by_name = {t.name: t for t in trials}
     for _, row in frame.iterrows():
         s = by_name[row["trial"]]
         assert row["mlflow_run_id"] == s.mlflow_run_id and row["trial_id"] == s.trial_id
         assert row["config.mask.threshold"] == s.params["mask.threshold"]
-        assert row["optuna_number"] == int(row["trial"][-5:]) - 1
+        assert row["optuna_number"] == int(row["trial"][-5:])
     done = frame[frame["status"] == COMPLETED].iloc[0]
     assert done["metrics.child/mig"] == pytest.approx(by_name[done["trial"]].metrics["child/mig"])
 
@@ -291,7 +309,7 @@ def test_readme_python_api_example_runs_as_written(ray_local, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)  # the example's default storage: ./searches
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "[('trial_00001', 'COMPLETED', " in out and "('trial_00002', 'COMPLETED', " in out
+    assert "[('trial_00000', 'COMPLETED', " in out and "('trial_00001', 'COMPLETED', " in out
     assert "metrics.child/mig" in out and "mlflow_run_id" in out
     assert SearchState.load(SearchLayout(tmp_path / "searches" / "api-demo")).status == "finished"
 
@@ -359,6 +377,7 @@ def test_ls_status_stop_then_resume(ray_local, search_a, storage, tmp_path, caps
     assert proc.returncode == 130, out
     assert main(["stop", "eco-c", "--storage", str(storage)]) == 2
     assert "search eco-c is not running (status: interrupted)" in capsys.readouterr().err
+    named = {s.trial_id: s.name for s in TrialSummary.load_all(layout)}
 
     os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///ignored-on-resume.db"  # resume keeps the search's store
     try:
@@ -372,6 +391,13 @@ def test_ls_status_stop_then_resume(ray_local, search_a, storage, tmp_path, caps
     assert final.startswith("search eco-c: finished, 2/2 trials done (2 complete")
     assert "best: child/mig=" in final and not Path("ignored-on-resume.db").exists()
     assert {s.status for s in TrialSummary.load_all(layout)} == {COMPLETED}
+    # resume kept every trial's name, and every name is its Optuna trial's number
+    after = {s.trial_id: s.name for s in TrialSummary.load_all(layout)}
+    assert named and all(after[tid] == name for tid, name in named.items())
+    state = SearchState.load(layout)
+    study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
+    assert sorted(after.values()) == [f"trial_{t.number:05d}" for t in study.trials]
+    assert all(after[t.user_attrs["tune_trial_id"]] == f"trial_{t.number:05d}" for t in study.trials)
 
 
 def test_a_busy_shared_sqlite_store_is_journaled_not_fatal(tmp_path):

@@ -117,7 +117,7 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     space = _space(tmp_path, {"child.masking_mode": {"choice": ["loss"]}}, epochs=epochs)
     proc = _launch(tmp_path, space, "killtrial")
     layout = SearchLayout(tmp_path / "s" / "killtrial")
-    trial = "trial_00001"
+    trial = "trial_00000"  # Optuna trial 0, the search's only trial
     # Tune registers a result's checkpoint just after the callbacks see the result: once epoch 2
     # is reported, the epoch-1 checkpoint is certainly registered.
     _wait(lambda: (s := _summary(layout, trial)) is not None and s.epoch >= 2, proc, "epoch 2 of the trial")
@@ -365,7 +365,7 @@ def test_journal_keeps_order_and_replays_without_duplicates(tmp_path, monkeypatc
     journal = tmp_path / JOURNAL
     down = MlflowTracker("http://127.0.0.1:9", journal=journal)  # nothing listens there
     tags = {"mlflow.parentRunId": parent, TRIAL_ID_TAG: "t1"}
-    run = down.create_run(exp, "trial_00001", tags)
+    run = down.create_run(exp, "trial_00000", tags)
     assert run.startswith(PENDING_PREFIX) and down.offline_reason
     for epoch in (1, 2):
         down.log_metrics(run, {"child/mig": 0.1 * epoch}, step=epoch)
@@ -382,6 +382,6 @@ def test_journal_keeps_order_and_replays_without_duplicates(tmp_path, monkeypatc
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.1), (2, 0.2)]
     # a replay that meets an existing run (e.g. created before the outage) reuses it
     again = MlflowTracker("http://127.0.0.1:9", journal=journal)
-    again.create_run(exp, "trial_00001", tags)
+    again.create_run(exp, "trial_00000", tags)
     assert MlflowTracker(store.uri, journal=journal).flush() == 1
     assert len(up.trial_runs(exp, parent)) == 1

@@ -33,8 +33,9 @@ from search.space import load_space
 from search.tracking.callback import PARENT_HASH_PARAM
 from search.tracking.client import TRIAL_ID_TAG
 
-# trial_00001 of the search named e2e-multi raises once after its first epoch (see trainable).
-FAULT = "e2e-multi/trial_00001@1"
+# trial_00000 (Optuna trial 0) of the search named e2e-multi raises once after its first epoch
+# (see trainable).
+FAULT = "e2e-multi/trial_00000@1"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_single_objective_search_tune_optuna_mlflow(single_search, capsys):
     space = load_space(layout.space_file)
     assert state.status == "finished"
     summaries = TrialSummary.load_all(layout)
-    assert [s.name for s in summaries] == [f"trial_{i:05d}" for i in range(1, 5)]
+    assert [s.name for s in summaries] == [f"trial_{i:05d}" for i in range(4)]  # Optuna trials 0..3
     assert {s.status for s in summaries} <= {COMPLETED, STOPPED}
     completed = [s for s in summaries if s.status == COMPLETED]
     assert completed and all(s.epoch == 2 and "child/mig" in s.metrics for s in completed)
@@ -178,7 +179,7 @@ def test_report_writes_and_logs_figures(single_search, capsys):
     layout, _ = single_search
     assert main(["report", str(layout.root)]) == 0
     out = capsys.readouterr().out
-    assert "trial_00001" in out and "child/mig" in out
+    assert "trial_00000" in out and "child/mig" in out
     for name in ("trials.csv", "trials.txt", "objective_history.png", "parallel_coordinates.png"):
         assert (layout.report_dir / name).stat().st_size > 0
     state = SearchState.load(layout)
@@ -235,16 +236,16 @@ def test_multi_objective_grid_failures_and_retry(ray_local, write_space, tmp_pat
             assert len(_attempts(layout, s.name)) == 1  # an empty mask is a TrialFailed: not retried
         else:
             assert s.status == COMPLETED
-    # the injected fault: trial_00001 failed after epoch 1 and resumed from that checkpoint
-    first = summaries["trial_00001"]
+    # the injected fault: trial_00000 failed after epoch 1 and resumed from that checkpoint
+    first = summaries["trial_00000"]
     assert first.status == COMPLETED and first.retries == 1
-    assert [a["resumed_from_epoch"] for a in _attempts(layout, "trial_00001")] == [0, 1]
+    assert [a["resumed_from_epoch"] for a in _attempts(layout, "trial_00000")] == [0, 1]
 
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     assert len(study.directions) == 2
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
     _assert_runs_consistent(state, list(summaries.values()))
-    run = {r.info.run_name: r for r in _nested_runs(state)}["trial_00001"]
+    run = {r.info.run_name: r for r in _nested_runs(state)}["trial_00000"]
     assert run.data.tags["retries"] == "1" and "injected fault" in run.data.tags["last_error"]
 
     export = tmp_path / "pareto"
@@ -293,19 +294,35 @@ def _interrupt_and_resume(ray_local, write_space, tmp_path, sig: int, name: str)
         stopped = SearchState.load(layout)  # the driver closed every run it left unfinished
         assert _client(stopped).get_run(stopped.mlflow_parent_run_id).info.status == "KILLED"
         assert "RUNNING" not in {r.info.status for r in _nested_runs(stopped)}, _nested_runs(stopped)
+    study_name, optuna_url = SearchState.load(layout).study_name, SearchState.load(layout).optuna_url
+    asked_before = {t.number for t in optuna.load_study(study_name=study_name, storage=optuna_url).trials}
 
     assert main(["resume", name, "--storage", str(storage)]) == 0
     state = SearchState.load(layout)
     assert state.status == "finished"
     assert [h["event"] for h in state.history] == ["launch", "resume"]
     after = {s.name: s for s in TrialSummary.load_all(layout)}
-    assert sorted(after) == [f"trial_{i:05d}" for i in range(1, 5)]
-    assert all(s.status == COMPLETED and s.epoch == epochs for s in after.values())
+    assert len(after) == 4 and all(s.status == COMPLETED and s.epoch == epochs for s in after.values())
+    # Names are Optuna numbers: kept by resume, and the trials the resumed driver created got the
+    # study's next numbers (a trial a SIGKILLed driver lost leaves a gap: its folder went to
+    # lost_trials/, its Optuna trial is FAIL "orphaned")
+    study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
+    owner = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "orphaned" not in t.user_attrs}
+    for n, s in after.items():
+        assert n == f"trial_{owner[s.trial_id].number:05d}" == owner[s.trial_id].user_attrs["trial_name"]
+    by_id = {s.trial_id: n for n, s in after.items()}
+    assert all(by_id.get(s.trial_id, n) == n for n, s in before.items())  # a surviving trial keeps its name
+    new = [t for t in study.trials if t.number not in asked_before and "orphaned" not in t.user_attrs]
+    if len(asked_before) < 4:  # the resumed driver sampled the rest itself
+        assert new, (asked_before, [t.number for t in study.trials])
+    assert not {f"trial_{t.number:05d}" for t in new} & set(before)  # never a name the first driver gave
+    if sig == signal.SIGINT:  # a clean stop loses nothing: no gaps
+        assert sorted(after) == [f"trial_{i:05d}" for i in range(4)]
     for n in finished_before:  # finished trials are not rerun (at most found finished and skipped:
         # a killed driver can die before Tune saved that the trial had completed)
         assert [a for a in _attempts(layout, n) if not a["already_finished"]] == _attempts(layout, n)[:1]
     for n, s in before.items():  # unfinished ones restart from their last checkpoint
-        if n not in finished_before and s.epoch >= 1 and after[n].trial_id == s.trial_id:
+        if n not in finished_before and s.epoch >= 1 and n in after and after[n].trial_id == s.trial_id:
             resumed = _attempts(layout, n)[-1]["resumed_from_epoch"]
             # A trial resumes from its own persisted state (search/trainable.py), which is
             # written before the epoch's result reaches the driver: it can be one epoch past
@@ -315,7 +332,6 @@ def _interrupt_and_resume(ray_local, write_space, tmp_path, sig: int, name: str)
                 assert max(1, s.epoch - 1) <= resumed <= s.epoch + 1, (n, s.epoch, _attempts(layout, n))
             else:
                 assert s.epoch <= resumed <= s.epoch + 1, (n, s.epoch, _attempts(layout, n))
-    study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4
     if sig == signal.SIGINT:

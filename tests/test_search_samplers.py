@@ -140,3 +140,54 @@ def test_gate_starts_trials_only_on_trained_parents_and_shares_the_slots(tiny_sp
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.params["parent.beta"] for t in study.trials[:2]] == [2.0, 1.0]  # the study saw the pins
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # no pin left over
+
+
+def _tune_trial(trial_id: str, counter: int, root):
+    """A Tune ``Trial`` built as Tune builds one after ``suggest`` (its names from
+    ``trial_name``), stored in the search folder ``root``; a stub, so no Ray is started."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from search.run.trainable import trial_name
+
+    storage = StorageContext(storage_path=str(root), experiment_dir_name="tune")
+    return Trial("trial_fn", trial_id=trial_id, experiment_tag=f"{counter}_x=1", stub=True, storage=storage,
+                 trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+
+
+def test_trial_names_are_optuna_numbers_across_drivers(tiny_space, tmp_path):
+    """``trial_00000`` is Optuna trial 0: the searcher records each number, the name follows it.
+    A second driver (resume: a new searcher on the same study) names its trials by the numbers
+    it gets; one the first driver asked for and lost leaves a gap, never a shared name."""
+    from search.layout import SearchLayout
+    from search.run.trainable import trial_name
+
+    space = _space(tiny_space)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = make_searcher(space, url, "s")
+    names = {}
+    for counter, tid in enumerate(("n1-a", "n1-b", "n1-lost"), start=1):  # Tune's counter is 1-based
+        first.suggest(tid)
+        names[tid] = _tune_trial(tid, counter, tmp_path)
+    assert {tid: (t.custom_trial_name, t.custom_dirname) for tid, t in names.items()} == {
+        "n1-a": ("trial_00000", "trial_00000"), "n1-b": ("trial_00001", "trial_00001"),
+        "n1-lost": ("trial_00002", "trial_00002")}
+    assert trial_name(names["n1-b"]) == "trial_00001"  # asked again: the same name
+    study = optuna.load_study(study_name="s", storage=url)
+    by_id = {t.user_attrs["tune_trial_id"]: t.number for t in study.trials}
+    assert all(t.custom_trial_name == f"trial_{by_id[tid]:05d}" for tid, t in names.items())
+
+    # the driver dies; its trial n1-lost had started (a folder), the restored searcher's counter
+    # says 3 trials. The next driver's trial is Optuna trial 3: its own name, not the lost one's.
+    SearchLayout(tmp_path).trial_dir("trial_00002").mkdir(parents=True)
+    second = make_searcher(space, url, "s")
+    second.suggest("n2-new")
+    assert _tune_trial("n2-new", 3, tmp_path).custom_trial_name == "trial_00003"
+
+    # a name that would meet an existing trial folder is made unique (the number leads it)
+    SearchLayout(tmp_path).trial_dir("trial_00004").mkdir()
+    second.suggest("n2-clash")
+    assert _tune_trial("n2-clash", 4, tmp_path).custom_trial_name == "trial_00004_n2-clash"
+    # no recorded number (another searcher): Tune's counter, also never a name already given
+    assert _tune_trial("n2-plain", 9, tmp_path).custom_trial_name == "trial_00009"
+    assert _tune_trial("n2-again", 1, tmp_path).custom_trial_name == "trial_00001_n2-again"

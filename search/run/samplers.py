@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from compvae.compat import optuna_search_state, study_trial_finished
+from search.run.trainable import note_optuna_number
 from search.space import SearchSpace
 from search.space.distributions import distributions
 from search.trials import TUNE_TRIAL_ATTR, final_epoch
@@ -58,11 +59,14 @@ class CompvaeOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """Ray's suggestion, its Optuna trial tagged with the Tune trial id (the MLflow callback
-        finds it by that to add the trial name and run id); the study's metric names set once."""
+        finds it by that to add the trial name and run id) and its number recorded for the trial's
+        name (``trial_00003`` is Optuna trial 3, :func:`search.run.trainable.trial_name`); the
+        study's metric names set once."""
         config = super().suggest(trial_id)
         ot_trials, ot_study, _ = optuna_search_state(self)
         if trial_id in ot_trials:
             ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            note_optuna_number(trial_id, ot_trials[trial_id].number)
             names = getattr(self, "_metric_names", None)
             if names and ot_study.metric_names != names:
                 with warnings.catch_warnings():  # "experimental" since Optuna 3.2, still so in 5

@@ -38,14 +38,66 @@ class InjectedFault(RuntimeError):
     """Raised by the test hook; a real trial never raises it."""
 
 
-def trial_name(trial: Any) -> str:
-    """Readable, stable trial names (``trial_00003``) for folders, MLflow runs and the table.
+# The driver's trial names, filled in the process that runs the Tuner. The searcher's
+# ``suggest`` (search/run/samplers.py) records each new Tune trial id's Optuna trial number here;
+# Tune then builds the ``Trial`` in the same process right away, and ``Trial.__init__`` calls
+# :func:`trial_name` (twice: the name and the folder name). A restored trial is not renamed:
+# Tune restores its stored name.
+_OPTUNA_NUMBERS: dict[str, int] = {}
+_NAMES: dict[str, str] = {}  # Tune trial id -> the name given: the same on every call
+_GIVEN: set[tuple[str, str]] = set()  # (experiment folder, name): one process may run several searches
 
-    The number is the searcher's trial counter (the head of Tune's ``experiment_tag``), which
-    Tune checkpoints with the searcher, so trials created after a resume keep counting up.
+
+def note_optuna_number(trial_id: str, number: int) -> None:
+    """The Optuna trial number of a Tune trial about to be created (called by the searcher)."""
+    _OPTUNA_NUMBERS[str(trial_id)] = int(number)
+
+
+def _experiment(trial: Any) -> tuple[SearchLayout | None, str]:
+    """The search folder a trial belongs to (Tune's ``storage_path`` is the search's root) and
+    Tune's experiment folder under it; no layout for a trial without storage."""
+    storage = getattr(trial, "storage", None)
+    root = getattr(storage, "storage_fs_path", None)
+    if not root:
+        return None, ""
+    layout = SearchLayout(Path(root))
+    return layout, str(layout.root / str(storage.experiment_dir_name))
+
+
+def _name_taken(trial: Any, name: str) -> bool:
+    """Whether another trial of this search already has ``name`` in this process, or a folder of
+    that name exists in the search (a previous driver's trial: never take over its outputs)."""
+    layout, experiment = _experiment(trial)
+    if (experiment, name) in _GIVEN:
+        return True
+    return layout is not None and (layout.trial_dir(name).exists() or (Path(experiment) / name).exists())
+
+
+def trial_name(trial: Any) -> str:
+    """Readable, stable trial names for folders, MLflow runs and the console: ``trial_00003`` is
+    Optuna trial number 3 (the searcher recorded it, :func:`note_optuna_number`).
+
+    Optuna numbers a study's trials in its durable storage, so trials created after a resume get
+    new numbers; one a killed driver asked for and lost leaves a gap, never a reused name.
+    Without a recorded number (another searcher) the number is the searcher's 1-based trial
+    counter, the head of Tune's ``experiment_tag``.
     """
-    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
-    return f"trial_{int(head):05d}" if head.isdigit() else f"trial_{trial.trial_id}"
+    trial_id = str(trial.trial_id)
+    if trial_id in _NAMES:
+        return _NAMES[trial_id]
+    number = _OPTUNA_NUMBERS.pop(trial_id, None)
+    if number is None:
+        head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+        number = int(head) if head.isdigit() else None
+    name = f"trial_{number:05d}" if number is not None else f"trial_{trial_id}"
+    if _name_taken(trial, name):
+        # Not expected with Optuna's numbers (a study never reuses one), but a counter name, or a
+        # study recreated beside old trial folders, could meet an existing trial: never share
+        # its name or folder. The trial id makes it unique; the number still leads the name.
+        name = f"{name}_{trial_id}"
+    _NAMES[trial_id] = name
+    _GIVEN.add((_experiment(trial)[1], name))
+    return name
 
 
 def _fault_epoch(search: str, name: str) -> int | None:
@@ -57,17 +109,15 @@ def _fault_epoch(search: str, name: str) -> int | None:
 
 
 def _set_aside_lost_trial(layout: SearchLayout, out_dir: Path, trial_id: str) -> None:
-    """A trial that a killed driver lost (started, but never in Tune's snapshot) leaves a folder
-    under the name Tune then gives a new trial: never resume another trial's state; move it to
-    ``lost_trials/`` instead."""
+    """A folder of this trial's name that holds another trial's attempts (a name met again,
+    which :func:`trial_name` avoids but a counter name could not): never resume another trial's
+    state; move it to ``lost_trials/`` instead."""
     attempts = out_dir / "attempts.jsonl"
     if not attempts.is_file():
         return
     ids = {json.loads(line).get("trial_id") for line in attempts.read_text().splitlines() if line.strip()}
     if ids and trial_id not in ids:
-        dest = layout.root / "lost_trials" / f"{out_dir.name}-{sorted(str(i) for i in ids)[0]}"
-        dest.parent.mkdir(exist_ok=True)
-        os.replace(out_dir, dest)
+        layout.set_aside_lost_trial(out_dir.name, sorted(str(i) for i in ids)[0])
 
 
 def hide_unassigned_gpus() -> None:

@@ -122,10 +122,14 @@ class SummaryCallback(Callback):
         s.save(self.layout)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """A trial lost with a killed driver (started, never saved by Tune) is replaced on resume:
-        its summary says LOST instead of RUNNING forever."""
+        """A trial lost with a killed driver (started, never saved by Tune) is replaced on resume
+        by a new trial with its own Optuna number and name: the lost one's summary says LOST
+        instead of RUNNING forever, and its folder moves to ``lost_trials/``, so ``trials/``
+        holds the trials Tune, the study and MLflow own (its run and Optuna trial are closed
+        as orphaned)."""
         known = {t.trial_id for t in trials}
         for summary in TrialSummary.load_all(self.layout):
             if summary.status == RUNNING and summary.trial_id not in known:
                 summary.status = LOST
                 summary.save(self.layout)
+                self.layout.set_aside_lost_trial(summary.name, summary.trial_id)
