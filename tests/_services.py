@@ -22,12 +22,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_ray_head(port: int, log: Path) -> subprocess.Popen:
+def start_ray_head(port: int, log: Path, dashboard: tuple[int, int] | None = None,
+                   env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`ray start --head` on 127.0.0.1 in its own process group. ``dashboard`` = (dashboard port,
+    dashboard agent port) turns the dashboard on, bound to 127.0.0.1: the job API (`ray job
+    submit`); both ports are given, since another Ray on the machine may hold the defaults
+    (8265, 52365). ``env``: the head's environment (its workers and job drivers inherit it)."""
+    if dashboard is None:
+        ui = ["--include-dashboard=false"]
+    else:
+        ui = ["--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard[0]),
+              "--dashboard-agent-listen-port", str(dashboard[1])]
     with open(log, "a") as fh:
         return subprocess.Popen(
             ["ray", "start", "--head", "--port", str(port), "--num-cpus", "2", "--node-ip-address",
-             "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+             "127.0.0.1", *ui, "--disable-usage-stats", "--block"],
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def token_env(**extra: str) -> dict[str, str]:
+    """An environment for Ray nodes and Ray CLIs of one test cluster: no RAY_* of the caller's, one
+    random token with token auth on (what Ray 2.59+ clusters use), this checkout first on
+    PYTHONPATH (workers and job drivers import the code under test, not an installed copy)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_AUTH_MODE="token")
+    env.update(extra)
+    return env
 
 
 def start_mlflow_server(tmp: Path, port: int, log: Path) -> subprocess.Popen:
@@ -75,19 +96,23 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def ray_head_and_mlflow_server(tmp: Path, ray_port: int, mlflow_port: int,
-                               ray_stop: bool = False) -> Iterator[tuple[str, str]]:
+def ray_head_and_mlflow_server(tmp: Path, ray_port: int, mlflow_port: int, ray_stop: bool = False,
+                               dashboard: tuple[int, int] | None = None,
+                               env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
     """(Ray address, MLflow URL) of a `ray start --head` node and an `mlflow server`, started
     side by side and stopped afterwards. ``ray_stop`` also runs `ray stop` (CI: nothing of the
     head may outlive the test). Afterwards a plain ``ray.init()`` must not try to join the dead
-    head, so its entry in ``ray_current_cluster`` goes too, as `ray stop` would do."""
+    head, so its entry in ``ray_current_cluster`` goes too, as `ray stop` would do.
+    ``dashboard`` and ``env``: as :func:`start_ray_head` (the dashboard is up when this yields)."""
     head_log, server_log = tmp / "ray-head.log", tmp / "mlflow-server.log"
-    head = start_ray_head(ray_port, head_log)
+    head = start_ray_head(ray_port, head_log, dashboard, env)
     server = start_mlflow_server(tmp, mlflow_port, server_log)
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
     try:
         wait_for(lambda: http_ok(f"{mlflow_url}/health"), server, server_log, "mlflow server")
         wait_for(lambda: "Ray runtime started" in head_log.read_text(), head, head_log, "ray start --head")
+        if dashboard is not None:  # the job API answers once the dashboard is up
+            wait_for(lambda: http_ok(f"http://127.0.0.1:{dashboard[0]}/api/gcs_healthz"), head, head_log, "Ray dashboard")
         yield f"127.0.0.1:{ray_port}", mlflow_url
     finally:
         stop_group(server)
@@ -150,9 +175,8 @@ def two_node_cluster(tmp: Path, port: int) -> Iterator[TwoNodeCluster]:
     this checkout on PYTHONPATH (workers import the code under test, not an installed copy).
     Both nodes share the head's short temp dir (Unix socket paths are limited to 107 bytes)."""
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    node_env = {**env, "RAY_AUTH_MODE": "token"}
+    node_env = token_env(PYTHONPATH=str(REPO))
+    env = {k: v for k, v in node_env.items() if k != "RAY_AUTH_MODE"}
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
     head_log, worker_log = tmp / "ray-head.log", tmp / "ray-worker.log"
     address = f"127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import optuna
 import pytest
@@ -191,3 +192,25 @@ def test_trial_names_are_optuna_numbers_across_drivers(tiny_space, tmp_path):
     # no recorded number (another searcher): Tune's counter, also never a name already given
     assert _tune_trial("n2-plain", 9, tmp_path).custom_trial_name == "trial_00009"
     assert _tune_trial("n2-again", 1, tmp_path).custom_trial_name == "trial_00001_n2-again"
+
+
+def test_a_lost_trials_folder_moves_aside_when_the_resumed_search_ends(tiny_space, tmp_path):
+    """A trial a killed driver lost (started, never in Tune's snapshot) keeps its number as a gap:
+    at the end of the resumed search its RUNNING summary says LOST and its folder moves to
+    ``lost_trials/``, so ``trials/`` holds only the trials Tune knows."""
+    from types import SimpleNamespace
+
+    from search.analysis.results import LOST, TrialSummary
+    from search.layout import SearchLayout
+    from search.tracking.summary import SummaryCallback
+
+    layout = SearchLayout(tmp_path)
+    TrialSummary(trial_id="kept", name="trial_00000", status="COMPLETED", epoch=2).save(layout)
+    TrialSummary(trial_id="lost", name="trial_00001", epoch=1).save(layout)
+    TrialSummary(trial_id="new", name="trial_00002", epoch=1).save(layout)  # running in this driver
+    SummaryCallback(str(tmp_path), tiny_space).on_experiment_end(
+        [SimpleNamespace(trial_id="kept"), SimpleNamespace(trial_id="new")])
+    assert [(s.name, s.status) for s in TrialSummary.load_all(layout)] == [
+        ("trial_00000", "COMPLETED"), ("trial_00002", "RUNNING")]
+    moved = tmp_path / "lost_trials" / "trial_00001-lost" / "summary.json"
+    assert TrialSummary(**json.loads(moved.read_text())).status == LOST
