@@ -94,6 +94,10 @@ class SearchLayout:
         ``lost_trials/<name>-<trial id>``, so ``trials/`` holds only trials Tune knows."""
         dest = self.root / "lost_trials" / f"{trial_name}-{trial_id}"
         dest.parent.mkdir(exist_ok=True)
+        n = 1
+        while dest.exists():  # set aside before (a folder of that name came back): keep both
+            n += 1
+            dest = dest.with_name(f"{trial_name}-{trial_id}-{n}")
         os.replace(self.trial_dir(trial_name), dest)
         return dest
 
