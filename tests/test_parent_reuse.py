@@ -261,8 +261,9 @@ def test_outer_keep_ranks_by_the_parent_metric_and_drops_failed_parents(tiny_spa
 
 # ---- a streamed outer stage: trials start on each parent as soon as it is trained -------------
 def test_streamed_outer_stage_starts_trials_on_the_parent_trained_first(ray_local, tmp_path, tiny_space):
-    """Without ``keep`` the Tuner starts with the outer stage: while the slow parent still trains,
-    trials already run, pinned to the fast one; the curve of each parent is on the search run."""
+    """Without ``keep`` the Tuner starts with the outer stage: the first trial (pinned to the first
+    parent, the fast one) runs while the slow parent still trains, the second (pinned to the slow
+    one) waits for it; each parent's curve is on the search run."""
     space = dict(tiny_space)
     space["params"] = {"parent.epochs": {"choice": [1, 40]}, "child.beta": {"uniform": [1.0, 2.0]}}
     space["outer"] = {"params": ["parent.epochs"]}
@@ -282,12 +283,12 @@ def test_streamed_outer_stage_starts_trials_on_the_parent_trained_first(ray_loca
     # while to boot on a busy machine, so its own start time says less about the scheduling)
     state = SearchState.load(layout)
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
-    asked = {t.user_attrs["trial_name"]: t for t in study.trials}
-    early = [s for s in summaries if asked[s.name].datetime_start.timestamp() < slow_done]
-    assert early, "no trial was started before the slow parent finished: the stage was not streamed"
-    # a trial started early was pinned to the trained parent, and Optuna recorded that value
-    assert all(TrialConfig.from_dict(s.config).parent.epochs == 1 for s in early)
-    assert all(asked[s.name].params["parent.epochs"] == 1 for s in early)
+    asked = {t.number: t for t in study.trials}
+    assert asked[0].params["parent.epochs"] == 1 and asked[1].params["parent.epochs"] == 40  # pinned in order
+    assert asked[0].datetime_start.timestamp() < slow_done, "the first trial waited for the slow parent"
+    assert asked[1].datetime_start.timestamp() >= slow_done - 1.0  # held until its parent was trained
+    by_name = {s.name: TrialConfig.from_dict(s.config).parent.epochs for s in summaries}
+    assert by_name["trial_00000"] == 1 and by_name["trial_00001"] == 40
     assert all(s.metrics[PARENT_REUSED] == 1.0 for s in summaries)  # nobody trained a parent itself
     client = MlflowClient(state.mlflow_uri)
     for epochs in (1, 40):

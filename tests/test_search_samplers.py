@@ -80,13 +80,14 @@ def test_searcher_prunes_asha_cut_trials_and_skips_epochs_without_objective(tiny
 class _Stage:
     """The parts of an outer stage the gate reads (search.run.outer.OuterStage)."""
 
-    def __init__(self, ready, in_flight, record=None, error=None):
-        self._ready, self.in_flight, self.record, self.error = ready, in_flight, record, error
+    def __init__(self, ready, in_flight, failed=(), error=None, finished=False):
+        self._ready, self.in_flight, self.error, self.done = list(ready), in_flight, error, finished
+        self.records = [{"values": {"parent.beta": b}, "error": "TrainingDiverged"} for b in failed]
         self.polled: list[int] = []
 
     @property
     def finished(self):
-        return self.record is not None or self.error is not None
+        return self.done or self.error is not None
 
     def ready(self):
         return [{"parent.beta": b} for b in self._ready]
@@ -95,10 +96,7 @@ class _Stage:
         self.polled.append(free)
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random"])
-def test_gate_starts_trials_only_on_trained_parents_and_shares_the_slots(tiny_space, tmp_path, sampler):
-    from ray.tune.search import Searcher
-
+def _outer_gate(tiny_space, tmp_path, sampler, root):
     from search.run import gate
 
     data = dict(tiny_space)
@@ -106,41 +104,84 @@ def test_gate_starts_trials_only_on_trained_parents_and_shares_the_slots(tiny_sp
     data["outer"] = {"params": ["parent.beta"]}
     data["search"] = {**data["search"], "sampler": sampler, "max_concurrent": 2}
     space = space_from_dict(data)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    return gate.ParentGate(make_searcher(space, url, "s"), 2, root, space.outer_points()), url
+
+
+def _done(g, trial_id):
+    g.on_trial_complete(trial_id, {"child/mig": 0.1, "epoch": 2})
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_gate_pins_the_first_trials_to_the_outer_parents_in_order_and_shares_the_slots(tiny_space, tmp_path,
+                                                                                         sampler):
+    from ray.tune.search import Searcher
+
+    from search.run import gate
+
     root = str(tmp_path)
-    g = gate.ParentGate(make_searcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s"), 2, root)
+    g, url = _outer_gate(tiny_space, tmp_path, sampler, root)
     try:
         gate.register(root, stage := _Stage([], 2))
-        assert g.suggest("t1") is None and stage.polled == [2]  # no parent trained yet: no trial
+        assert g.suggest("t1") is None and stage.polled == [2]  # both slots train parents: no trial
         stage._ready, stage.in_flight = [2.0], 1
-        assert g.suggest("t1")["parent.beta"] == 2.0  # pinned to the one trained parent
+        assert g.suggest("t1") is None  # the first trial is parent 1.0's, still training: held
+        stage._ready = [1.0, 2.0]
+        assert g.suggest("t1")["parent.beta"] == 1.0
         assert g.suggest("t2") is None  # one trial + one parent in flight fill both slots
-        stage._ready, stage.in_flight = [1.0, 2.0], 0
-        assert g.suggest("t2")["parent.beta"] == 1.0  # the least used trained parent
-        g.on_trial_complete("t1", {"child/mig": 0.1, "epoch": 2})
-        g.on_trial_complete("t2", {"child/mig": 0.2, "epoch": 2})
-        # done, 4.0 failed: the rest of the search stays on the parents that trained
-        stage.record = {"points": [{"values": {"parent.beta": 1.0}}, {"values": {"parent.beta": 2.0}},
-                                   {"values": {"parent.beta": 4.0}, "error": "TrainingDiverged"}]}
-        seen = set()
+        stage.in_flight = 0
+        assert g.suggest("t2")["parent.beta"] == 2.0  # the second trial: the second parent
+        _done(g, "t1")
+        _done(g, "t2")
+        # 4.0 failed: it gets no pinned trial, and the rest stays on the parents that trained
+        stage.records, stage.done = [{"values": {"parent.beta": 4.0}, "error": "TrainingDiverged"}], True
+        seen = []
         for i in range(3, 9):
-            config = g.suggest(f"t{i}")
-            seen.add(config["parent.beta"])
-            g.on_trial_complete(f"t{i}", {"child/mig": 0.1, "epoch": 2})
-        assert seen == {1.0, 2.0}
-        stage.record["points"][2].pop("error")  # every parent trained: the sampler is free
-        draws = set()
-        for i in range(9, 40):
-            draws.add(g.suggest(f"t{i}")["parent.beta"])
-            g.on_trial_complete(f"t{i}", {"child/mig": 0.1, "epoch": 2})
-        assert 4.0 in draws
+            seen.append(g.suggest(f"t{i}")["parent.beta"])
+            _done(g, f"t{i}")
+        assert set(seen) == {1.0, 2.0} and abs(seen.count(1.0) - seen.count(2.0)) <= 1  # least used first
         gate.register(root, _Stage([], 0, error="outer level: every parent failed to train"))
-        g._free = None
         assert g.suggest("t99") == Searcher.FINISHED
     finally:
         gate.unregister(root)
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert [t.params["parent.beta"] for t in study.trials[:2]] == [2.0, 1.0]  # the study saw the pins
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.params["parent.beta"] for t in study.trials[:2]] == [1.0, 2.0]  # the study recorded the pins
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # no pin left over
+
+
+def test_gate_configs_do_not_depend_on_which_parent_trains_first(tiny_space, tmp_path):
+    """The same seed gives the same trials whether parent 4.0 or 1.0 finishes first, and the
+    same as a search without reuse (no stage: the pins apply alike), while the sampler is random."""
+    from search.run import gate
+
+    def run(folder, order):
+        folder.mkdir()
+        root = str(folder) if order is not None else None
+        g, _ = _outer_gate(tiny_space, folder, "tpe", root)
+        stage = _Stage([], 0)
+        if root:
+            gate.register(root, stage)
+        configs = []
+        try:
+            for step in range(6):
+                if root and step < len(order):
+                    stage._ready.append(order[step])  # one more parent trained
+                    stage.done = len(stage._ready) == 3
+                config = None
+                while config is None:  # held until its parent is trained
+                    config = g.suggest(f"t{step}")
+                    if config is None:
+                        stage._ready, stage.done = [1.0, 2.0, 4.0], True
+                configs.append(config)
+                _done(g, f"t{step}")
+        finally:
+            gate.unregister(str(folder))
+        return configs
+
+    forward = run(tmp_path / "a", [1.0, 2.0, 4.0])
+    assert [c["parent.beta"] for c in forward[:3]] == [1.0, 2.0, 4.0]
+    assert run(tmp_path / "b", [4.0, 2.0, 1.0]) == forward
+    assert run(tmp_path / "c", None) == forward  # no reuse, no stage
 
 
 def _tune_trial(trial_id: str, counter: int, root):

@@ -1,12 +1,13 @@
-"""The search's concurrency limit, and the gate that starts trials on outer parents already trained.
+"""The search's concurrency limit, and the outer parents pinned to its first trials.
 
-With a streamed outer stage (``search.run.outer.streamed``) the Tuner starts with the stage:
-the gate polls it on every suggestion, starts no trial while no parent is ready, and pins each
-trial's outer knobs to a trained parent (Optuna's ``enqueue_trial`` with those values only; the
-sampler draws the rest), the least used one first. Parents and trials share the
-``max_concurrent`` slots, parents first. Once every parent is trained the gate lets the sampler
-choose freely, or keeps it on the parents that trained when some failed (docs/design.md, The
-outer stage).
+With an outer level (no ``keep``, any sampler but the grid) the first trials cover the outer
+parents, one each in the space's order (Optuna's ``enqueue_trial`` with the outer knobs only;
+the sampler draws the rest), so every parent gets a child and the configs a seed gives never
+depend on timing, with or without parent reuse. With a streamed stage
+(``search.run.outer.streamed``) the Tuner starts with the stage: the gate polls it on every
+suggestion, holds a pinned trial until its parent is trained, and lets parents and trials share
+the ``max_concurrent`` slots, parents first. After the pins the sampler chooses freely, or stays
+on the parents that trained when some failed (docs/design.md, The outer stage).
 """
 
 from __future__ import annotations
@@ -32,47 +33,62 @@ def unregister(root: str) -> None:
 
 
 class ParentGate(ConcurrencyLimiter):
-    """``max_concurrent`` trials at a time; with ``root``, trials only on trained outer parents."""
+    """``max_concurrent`` trials at a time; the first trials pinned to ``points`` in order; with
+    ``root`` (a streamed stage) each held until its parent is trained."""
 
-    def __init__(self, searcher: Searcher, max_concurrent: int, root: str | None = None) -> None:
+    def __init__(self, searcher: Searcher, max_concurrent: int, root: str | None = None,
+                 points: list[dict[str, Any]] | None = None) -> None:
         super().__init__(searcher, max_concurrent=max_concurrent)
         self.root = root
-        self.pinned: dict[str, int] = {}  # trials pinned per outer point (its repr)
-        self._free: bool | None = None  # cached once no constraint can come back
+        self.points = list(points or [])
+        self.next_pin = 0  # index into points of the next trial's pin
+        self.pinned: dict[str, int] = {}  # trials per outer point (its repr), pins and later ones
+        self._record: dict[str, Any] | None = None  # the finished stage's, once read
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.root is None or self._free:
+        if not self.points:
             return super().suggest(trial_id)
-        stage = _LIVE.get(self.root)
-        if stage is not None and not stage.finished:
+        stage = _LIVE.get(self.root) if self.root else None
+        live = stage is not None and not stage.finished
+        if live:
             stage.poll(self.max_concurrent - len(self.live_trials))
+            live = not stage.finished
         if stage is not None and stage.error is not None:
             return Searcher.FINISHED  # the driver raises the stage's error after the Tuner
-        allowed = self._allowed(stage)
-        if allowed is None:
-            return super().suggest(trial_id)
-        parents_running = stage.in_flight if stage is not None else 0
-        if not allowed or len(self.live_trials) + parents_running >= self.max_concurrent:
+        if len(self.live_trials) + (stage.in_flight if live else 0) >= self.max_concurrent:
             return None
-        point = min(allowed, key=lambda p: (self.pinned.get(repr(p), 0), allowed.index(p)))
-        _, study, _ = optuna_search_state(self.searcher)
-        study.enqueue_trial(point)  # only the outer knobs: the sampler draws every other param
+        failed = self._failed(stage)
+        while self.next_pin < len(self.points) and repr(self.points[self.next_pin]) in failed:
+            self.next_pin += 1  # a parent that failed to train gets no trial
+        in_order = self.next_pin < len(self.points)
+        if in_order:
+            point: dict[str, Any] | None = self.points[self.next_pin]
+            if live and point not in stage.ready():
+                return None  # held: this trial's parent is still training
+        elif failed:  # the rest of the search stays on the parents that trained
+            ok = [p for p in self.points if repr(p) not in failed]
+            point = min(ok, key=lambda p: (self.pinned.get(repr(p), 0), ok.index(p)))
+        else:
+            point = None  # the sampler chooses (a parent still training: the trial waits for it)
+        if point is not None:
+            _, study, _ = optuna_search_state(self.searcher)
+            study.enqueue_trial(point)  # only the outer knobs: the sampler draws every other param
         config = super().suggest(trial_id)
         if config not in (None, Searcher.FINISHED):
-            self.pinned[repr(point)] = self.pinned.get(repr(point), 0) + 1
+            chosen = point if point is not None else {k: config.get(k) for k in self.points[0]}
+            self.pinned[repr(chosen)] = self.pinned.get(repr(chosen), 0) + 1
+            self.next_pin += in_order
         return config
 
-    def _allowed(self, stage: Any) -> list[dict[str, Any]] | None:
-        """The outer points a trial may use now, or None when the sampler is free."""
-        if stage is not None and not stage.finished:
-            return stage.ready()
+    def _failed(self, stage: Any) -> set[str]:
+        """The outer points whose parent failed to train (as far as the stage knows)."""
         if stage is not None:
-            record = stage.record
-        else:
+            return {repr(r["values"]) for r in stage.records if "error" in r}
+        if self.root is None:
+            return set()  # parents trained by the trials themselves (no reuse)
+        if self._record is None:
             from search.run.outer import load_record
 
-            record = load_record(SearchLayout(self.root))
-        if record is None or not any("error" in p for p in record["points"]):
-            self._free = record is not None
-            return None
-        return [p["values"] for p in record["points"] if "error" not in p]
+            self._record = load_record(SearchLayout(self.root))
+        record = self._record or {"points": []}
+        return {repr(p["values"]) for p in record["points"] if "error" in p}

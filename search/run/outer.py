@@ -39,12 +39,17 @@ def _prepare(config: dict[str, Any], store: str, data: str | None = None) -> dic
     return {**prepare_parent(config, store, data_cache=data), "node": ray.get_runtime_context().get_node_id()}
 
 
+def pins_outer(space: SearchSpace) -> bool:
+    """Whether the first trials are pinned to the outer parents, one each (search.run.gate): not
+    with ``keep`` (the inner search then runs on the kept parents only) nor with the grid
+    sampler (its points are fixed by trial number and cover every parent anyway)."""
+    return space.outer is not None and space.outer.keep is None and space.search.sampler != "grid"
+
+
 def streamed(space: SearchSpace) -> bool:
-    """Whether trials may start while the outer stage still trains: each on a parent already
-    trained. Not with ``keep`` (the kept parents are known only once all are ranked) nor with
-    the grid sampler (its points are fixed by trial number, so a trial cannot be pinned)."""
-    return (space.outer is not None and space.search.reuse_parents and space.outer.keep is None
-            and space.search.sampler != "grid")
+    """Whether trials may start while the outer stage still trains, each on a trained parent:
+    with pinned parents and reuse (``keep`` needs every parent ranked first)."""
+    return pins_outer(space) and space.search.reuse_parents
 
 
 class OuterStage:

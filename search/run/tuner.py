@@ -40,13 +40,14 @@ def _scheduler(space: SearchSpace) -> Any:
 def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extra_callbacks: Sequence[Any] = (),
               gate_outer: bool = False) -> Any:
     """The search's Tuner; ``extra_callbacks`` (Tune callbacks) run after the search's own.
-    ``gate_outer``: the outer stage is streamed, so trials start only on trained parents."""
+    ``gate_outer``: the outer stage is streamed, so a pinned trial waits for its parent."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     from search.run.console import ConsoleCallback
     from search.run.gate import ParentGate
     from search.run.guard import ObjectiveGuard
+    from search.run.outer import pins_outer
     from search.run.samplers import make_searcher
     from search.run.trainable import trial_name
     from search.tracking.callback import MlflowCallback
@@ -65,7 +66,8 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extr
         tune_config=tune.TuneConfig(
             # the gate is Tune's concurrency limiter too, so max_concurrent_trials stays unset
             search_alg=ParentGate(make_searcher(space, state.optuna_url, state.study_name),
-                                  space.search.max_concurrent, str(layout.root) if gate_outer else None),
+                                  space.search.max_concurrent, str(layout.root) if gate_outer else None,
+                                  space.outer_points() if pins_outer(space) else None),
             scheduler=_scheduler(space),
             num_samples=space.num_trials,
             # A finished or stopped trial's worker runs the next trial: no new process, no second
