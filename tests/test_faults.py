@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from _checks import check_stores as _check_stores
 from _checks import write_tiny_space
 from _services import http_ok, processes, start_mlflow_server, stop_group
@@ -73,6 +72,18 @@ def _wait(cond: Callable[[], Any], proc: subprocess.Popen, what: str, timeout: f
             raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{out[-3000:]}")
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _launch_outer(tmp: Path, name: str, params: dict, base: dict | None = None,
+                  **search: Any) -> tuple[subprocess.Popen, SearchLayout]:
+    """A tiny search (1024 images) whose first param is its outer level, launched."""
+    extra = {"base": {"data": {"num_train": 1024}, **(base or {})}, "outer": {"params": [next(iter(params))]}}
+    space = write_tiny_space(tmp, f"{name}-space", params, extra, **search)
+    return _launch(tmp, space, name), SearchLayout(tmp / "s" / name)
+
+
+def _partial_parent(layout: SearchLayout) -> bool:
+    return layout.parents_dir.is_dir() and any(layout.parents_dir.glob("*.partial/parent_trainer.pt"))
 
 
 def _summary(layout: SearchLayout, trial: str) -> TrialSummary | None:
@@ -217,20 +228,10 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
     from search.run.outer import load_record
     from search.space import load_space
 
-    data = {
-        "name": "outer-ctrlc", "preset": "tiny",
-        "base": {"data": {"num_train": 1024}, "parent": {"epochs": 40}},
-        "params": {"parent.beta": {"choice": [1.0, 2.0]}, "child.masking_mode": {"choice": ["loss", "both"]}},
-        "outer": {"params": ["parent.beta"]},
-        "objective": {"metric": "child/mig", "mode": "max"},
-        "search": {"sampler": "grid", "max_concurrent": 2, "scheduler": "none", "resources": {"cpus": 1, "gpus": 0}},
-    }
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(data, sort_keys=False))
-    proc = _launch(tmp_path, space, "outer")
-    layout = SearchLayout(tmp_path / "s" / "outer")
-    _wait(lambda: layout.parents_dir.is_dir() and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")),
-          proc, "a parent part-way through training")
+    proc, layout = _launch_outer(tmp_path, "outer", {"parent.beta": {"choice": [1.0, 2.0]},
+                                                     "child.masking_mode": {"choice": ["loss", "both"]}},
+                                 base={"parent": {"epochs": 40}})
+    _wait(lambda: _partial_parent(layout), proc, "a parent part-way through training")
     proc.send_signal(signal.SIGINT)
     out = _finish(proc, timeout=120)
     assert proc.returncode == 130, out
@@ -276,21 +277,11 @@ def test_ctrl_c_during_a_streamed_outer_stage_then_resume_finishes_on_both_paren
     finds the restarted stage), ends with every trial reusing a parent and the stage recorded."""
     from search.run.outer import load_record
 
-    data = {
-        "name": "streamed-ctrlc", "preset": "tiny",
-        "base": {"data": {"num_train": 1024}},
-        "params": {"parent.epochs": {"choice": [1, 60]}, "child.beta": {"uniform": [1.0, 2.0]}},
-        "outer": {"params": ["parent.epochs"]},
-        "objective": {"metric": "child/mig", "mode": "max"},
-        "search": {"sampler": "random", "num_samples": 4, "max_concurrent": 2, "scheduler": "none",
-                   "resources": {"cpus": 1, "gpus": 0}},
-    }
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(data, sort_keys=False))
-    proc = _launch(tmp_path, space, "streamed")
-    layout = SearchLayout(tmp_path / "s" / "streamed")
+    proc, layout = _launch_outer(tmp_path, "streamed", {"parent.epochs": {"choice": [1, 60]},
+                                                        "child.beta": {"uniform": [1.0, 2.0]}},
+                                 sampler="random", num_samples=4)
     _wait(lambda: layout.trials_dir.is_dir() and any(layout.trials_dir.glob("*/attempts.jsonl"))
-          and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")), proc,
+          and _partial_parent(layout), proc,
           "a trial running while the slow parent is part-way through training")
     proc.send_signal(signal.SIGINT)
     out = _finish(proc, timeout=120)
@@ -321,21 +312,9 @@ def test_killed_outer_parent_worker_is_retried_and_the_parent_kept(tmp_path):
     dropped from the inner search (found by the chaos soak, tests/test_cluster_soak.py)."""
     from search.run.outer import load_record
 
-    data = {
-        "name": "outer-kill", "preset": "tiny",
-        "base": {"data": {"num_train": 1024}, "parent": {"epochs": 20}},
-        "params": {"parent.beta": {"choice": [1.0, 2.0]}},
-        "outer": {"params": ["parent.beta"]},
-        "objective": {"metric": "child/mig", "mode": "max"},
-        "search": {"sampler": "grid", "max_concurrent": 2, "max_failures": 1, "scheduler": "none",
-                   "resources": {"cpus": 1, "gpus": 0}},
-    }
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(data, sort_keys=False))
-    proc = _launch(tmp_path, space, "outerkill")
-    layout = SearchLayout(tmp_path / "s" / "outerkill")
-    _wait(lambda: layout.parents_dir.is_dir() and any(layout.parents_dir.glob("*.partial/parent_trainer.pt")),
-          proc, "a parent part-way through training")
+    proc, layout = _launch_outer(tmp_path, "outerkill", {"parent.beta": {"choice": [1.0, 2.0]}},
+                                 base={"parent": {"epochs": 20}}, max_failures=1)
+    _wait(lambda: _partial_parent(layout), proc, "a parent part-way through training")
     # the workers running search.run.outer._prepare: descendants of this driver's own local Ray
     workers = processes(proc.pid, "ray::_prepare")
     assert workers
