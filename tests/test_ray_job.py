@@ -5,8 +5,9 @@ The `ray job` commands are the README's, with this test's address, ports and fol
 
 The module starts its own head node and MLflow server and stops exactly those process groups
 afterwards (``tests/_services.py``); ``ray stop`` is never run (it would stop every Ray process of
-the machine, other sessions' too). The dashboard needs ``ray[default]`` (the ``test`` extra):
-without it these tests skip on a developer machine and fail under CI.
+the machine, other sessions' too). The dashboard needs ``ray[default]`` (the ``cluster`` extra,
+which ``.ci/run`` installs for its slow pass): without it these tests skip on a developer
+machine and fail under CI.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def cluster(tmp_path_factory, free_port) -> Any:
 
     missing = get_dashboard_dependency_error()
     if missing is not None:
-        msg = f"the Ray dashboard (job API) needs ray[default]: {missing}; pip install -e '.[test]'"
+        msg = f"the Ray dashboard (job API) needs ray[default]: {missing}; pip install -e '.[cluster]'"
         if IN_CI:
             pytest.fail(f"CI must run the ray job tests: {msg}")
         pytest.skip(msg)
