@@ -303,17 +303,13 @@ def log_parent_curve(tracker: MlflowTracker, run_id: str, layout: SearchLayout, 
     """An outer parent's training curve on the search run that trained it:
     ``parent_train/<knob:value ...>/<metric>``, step = parent epoch (a trial that reuses the
     parent logs none: it did not train it)."""
-    import json
-
     from compvae.pipeline.state import PARENT_HISTORY
+    from search.tracking.callback import log_parent_history
 
-    path = layout.parents_dir / str(rec.get("key", "")) / PARENT_HISTORY
-    if rec.get("reused") or "key" not in rec or not path.is_file():
+    if rec.get("reused") or "key" not in rec:
         return
     label = " ".join(f"{k}:{v}" for k, v in rec["values"].items())
-    for row in json.loads(path.read_text()):
-        tracker.log_metrics(run_id, {f"parent_train/{label}/{k}": float(v) for k, v in row.items() if k != "epoch"},
-                            step=int(row["epoch"]))
+    log_parent_history(tracker, run_id, layout.parents_dir / rec["key"] / PARENT_HISTORY, f"parent_train/{label}/")
 
 
 def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, status: str, run_status: str) -> None:

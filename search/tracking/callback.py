@@ -200,12 +200,7 @@ class MlflowCallback(Callback):
             cfg = self.summaries.config(trial)
             if cfg is not None:
                 path = self.summaries.layout.parents_dir / parent_key(cfg) / PARENT_HISTORY
-        if not path.is_file():
-            return
-        for row in json.loads(path.read_text()):
-            epoch = int(row["epoch"])
-            self.tracker.log_metrics(run_id, {f"parent_train/{k}": float(v) for k, v in row.items() if k != "epoch"},
-                                     step=epoch)
+        log_parent_history(self.tracker, run_id, path, "parent_train/")
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         s = self.summaries.summary(trial)
@@ -232,3 +227,13 @@ class MlflowCallback(Callback):
             self.tracker.log_artifact(run_id, out / TRACEBACK)
         self.tracker.log_artifact(run_id, out / "figures", "figures")  # an empty mask leaves its figure
         self.tracker.set_status(run_id, "FAILED")
+
+
+def log_parent_history(tracker: Any, run_id: str, path: Path, prefix: str) -> None:
+    """A parent's training curve (its ``parent_history.json``, if any) as ``<prefix><metric>``
+    metrics, step = parent epoch: the one writer for a trial's parent and an outer parent."""
+    if not path.is_file():
+        return
+    for row in json.loads(path.read_text()):
+        tracker.log_metrics(run_id, {f"{prefix}{k}": float(v) for k, v in row.items() if k != "epoch"},
+                            step=int(row["epoch"]))
