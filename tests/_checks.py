@@ -23,9 +23,10 @@ def check_stores(layout: SearchLayout, client: MlflowClient | None = None) -> di
     assert state.status == "finished"
     summaries = TrialSummary.load_all(layout)
     analysis = ExperimentAnalysis(str(layout.tune_dir))
-    assert sorted(t.trial_id for t in analysis.trials) == sorted(s.trial_id for s in summaries)
+    # a trial a killed driver finished after Tune's last snapshot is adopted: Tune forgot it
+    assert sorted(t.trial_id for t in analysis.trials) == sorted(s.trial_id for s in summaries if not s.adopted)
     tune_status = {t.trial_id: t.status for t in analysis.trials}
-    for s in summaries:
+    for s in (s for s in summaries if not s.adopted):
         assert tune_status[s.trial_id] == ("ERROR" if s.status == FAILED else "TERMINATED"), (s.name, s.status)
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     assert "RUNNING" not in {t.state.name for t in study.trials}

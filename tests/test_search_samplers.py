@@ -255,3 +255,43 @@ def test_a_lost_trials_folder_moves_aside_when_the_resumed_search_ends(tiny_spac
         ("trial_00000", "COMPLETED"), ("trial_00002", "RUNNING")]
     moved = tmp_path / "lost_trials" / "trial_00001-lost" / "summary.json"
     assert TrialSummary(**json.loads(moved.read_text())).status == LOST
+
+
+def test_gate_adopts_trials_a_killed_driver_finished_after_tunes_last_snapshot(tiny_space, tmp_path):
+    """Tune's snapshot knows t1; t2 and t3 finished before the driver died (told to the study; t3's
+    summary not yet saved final). The resumed gate counts both towards num_samples instead of
+    letting Tune replace them, and their summaries end as the study recorded them."""
+    from ray.tune.search import Searcher
+
+    from search.analysis.results import COMPLETED, RUNNING, TrialSummary
+    from search.layout import SearchLayout
+    from search.run import gate
+
+    layout = SearchLayout(tmp_path / "search")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = _space(tiny_space)
+
+    def new_gate():
+        return gate.ParentGate(make_searcher(space, url, "s"), 2, search=str(layout.root), num_samples=4)
+
+    first = new_gate()
+    assert first.suggest("t1") is not None
+    snapshot, searcher_file = first.get_state(), tmp_path / "searcher.pkl"
+    first.searcher.save(str(searcher_file))  # Tune's last snapshot: t1 only
+    for i, tid in enumerate(("t2", "t3"), start=1):
+        assert first.suggest(tid) is not None
+        TrialSummary(trial_id=tid, name=f"trial_{i:05d}", status=COMPLETED if tid == "t2" else RUNNING,
+                     epoch=2, final_epoch=2).save(layout)
+        first.on_trial_complete(tid, {"child/mig": 0.2, "epoch": 2})  # the study's tell; then SIGKILL
+        if tid == "t2":
+            first.on_trial_complete("t1", {"child/mig": 0.1, "epoch": 2})
+
+    resumed = new_gate()  # what Tuner.restore rebuilds: the pickled gate, then the snapshot's state
+    resumed.set_state(snapshot)
+    resumed.searcher.restore(str(searcher_file))
+    assert resumed.suggest("t4") is not None  # t1 (restarted by Tune) + t2, t3 adopted + t4 = 4
+    assert resumed.suggest("t5") == Searcher.FINISHED
+    by_id = {s.trial_id: s for s in TrialSummary.load_all(layout)}
+    assert by_id["t2"].adopted and by_id["t3"].adopted
+    assert by_id["t3"].status == COMPLETED  # the study told it COMPLETE at its last epoch
+

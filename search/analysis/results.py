@@ -39,6 +39,7 @@ class TrialSummary:
     error: str | None = None
     mlflow_run_id: str | None = None
     retries: int = 0
+    adopted: bool = False  # finished after a killed driver's last Tune snapshot (search/tracking/adopt.py)
 
     @property
     def complete(self) -> bool:

@@ -37,15 +37,37 @@ class ParentGate(ConcurrencyLimiter):
     ``root`` (a streamed stage) each held until its parent is trained."""
 
     def __init__(self, searcher: Searcher, max_concurrent: int, root: str | None = None,
-                 points: list[dict[str, Any]] | None = None) -> None:
+                 points: list[dict[str, Any]] | None = None, search: str | None = None,
+                 num_samples: int | None = None) -> None:
         super().__init__(searcher, max_concurrent=max_concurrent)
         self.root = root
+        self.search = search  # the search folder: where trials a killed driver finished are adopted
+        self.num_samples = num_samples
+        self._adopted: int | None = None  # counted by each driver: never restored from a snapshot
         self.points = list(points or [])
         self.next_pin = 0  # index into points of the next trial's pin
         self.pinned: dict[str, int] = {}  # trials per outer point (its repr), pins and later ones
         self._record: dict[str, Any] | None = None  # the finished stage's, once read
 
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._adopted = None
+
+    def _finished(self) -> bool:
+        """Whether Tune's trials (its snapshot's and this driver's) and the adopted ones reach
+        ``num_samples``: Tune counts only the first, so it would replace an adopted trial."""
+        if self.num_samples is None or getattr(self, "search", None) is None:
+            return False
+        ot_trials, study, _ = optuna_search_state(self.searcher)
+        if self._adopted is None:  # the first suggestion after a (re)start: Tune's snapshot is restored
+            from search.tracking.adopt import adopt_finished
+
+            self._adopted = len(adopt_finished(SearchLayout(self.search), study, set(ot_trials)))
+        return len(ot_trials) + self._adopted >= self.num_samples
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._finished():
+            return Searcher.FINISHED
         if not self.points:
             return super().suggest(trial_id)
         stage = _LIVE.get(self.root) if self.root else None

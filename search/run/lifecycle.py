@@ -336,11 +336,12 @@ def _close_orphaned_study_trials(state: SearchState) -> None:
     from optuna.trial import TrialState
 
     from compvae.compat import fail_study_trial
+    from search.tracking.adopt import ORPHANED
 
     try:
         study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            fail_study_trial(study, t, "orphaned", "lost when the driver was killed")
+            fail_study_trial(study, t, ORPHANED, "lost when the driver was killed")
     except Exception as exc:  # bookkeeping only: never fail a finished search over it
         log.warning("could not close orphaned Optuna trials: %s", exc)
 

@@ -67,7 +67,8 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extr
             # the gate is Tune's concurrency limiter too, so max_concurrent_trials stays unset
             search_alg=ParentGate(make_searcher(space, state.optuna_url, state.study_name),
                                   space.search.max_concurrent, str(layout.root) if gate_outer else None,
-                                  space.outer_points() if pins_outer(space) else None),
+                                  space.outer_points() if pins_outer(space) else None,
+                                  search=str(layout.root), num_samples=space.num_trials),
             scheduler=_scheduler(space),
             num_samples=space.num_trials,
             # A finished or stopped trial's worker runs the next trial: no new process, no second

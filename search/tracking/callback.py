@@ -17,7 +17,8 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from compvae.parent_store import parent_key
-from search.analysis.results import COMPLETED, FAILED, FINAL_FAILURE
+from search.analysis.results import COMPLETED, FAILED, FINAL_FAILURE, TrialSummary
+from search.tracking.adopt import close_adopted_runs
 from search.tracking.client import TRIAL_ID_TAG, MlflowTracker
 from search.tracking.context import dataset_record, run_context_tags
 from search.tracking.journal import JOURNAL, PENDING_PREFIX
@@ -209,8 +210,11 @@ class MlflowCallback(Callback):
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Close runs of trials Tune no longer knows: a driver killed (SIGKILL) after a trial
         started but before Tune saved its experiment state loses that trial, and the resumed
-        search runs a new one in its place. The lost trial's run would stay RUNNING forever."""
-        known = {t.trial_id for t in trials}
+        search runs a new one in its place. The lost trial's run would stay RUNNING forever.
+        A trial it finished before dying is adopted instead (search/tracking/adopt.py): its run ends
+        as the trial did."""
+        known = {t.trial_id for t in trials} | close_adopted_runs(
+            self.tracker, self.experiment_id, self.parent_run_id, TrialSummary.load_all(self.summaries.layout))
         self.tracker.close_running(self.experiment_id, self.parent_run_id, "KILLED",
                                    {"orphaned": "lost when the driver was killed; a new trial replaced it on resume"},
                                    keep=known)
