@@ -124,7 +124,9 @@ def test_nan_trial_ends_failed_with_its_message_and_the_search_completes(tmp_pat
 
 # ---- the process running a trial is killed ---------------------------------------------------------
 def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
-    epochs = 4
+    # 10 epochs: the kill at epoch 2 must land mid-trial (tiny epochs take well under a second,
+    # and a reused worker outlives its trial, so a kill after the trial's end retries nothing)
+    epochs = 10
     space = _space(tmp_path, {"child.masking_mode": {"choice": ["loss"]}}, epochs=epochs)
     proc = _launch(tmp_path, space, "killtrial")
     layout = SearchLayout(tmp_path / "s" / "killtrial")
@@ -136,6 +138,7 @@ def test_killed_trial_process_is_retried_from_its_checkpoint(tmp_path):
     assert len(first) == 1 and first[0]["resumed_from_epoch"] == 0
     killed_at = _summary(layout, trial).epoch  # type: ignore[union-attr]
     os.kill(first[0]["pid"], signal.SIGKILL)  # the Ray worker running the trial
+    assert killed_at < epochs, "the trial ended before the kill: the test needs more epochs"
     out = _finish(proc)
     assert proc.returncode == 0, out
     attempts = _attempts(layout, trial)
