@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from compvae.config import VAEConfig
 from compvae.models import VAE, VAEOutput, build_vae, conv_widths
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])
@@ -24,15 +24,6 @@ def test_shapes_per_resolution_and_channels(resolution: int, channels: tuple[int
     assert isinstance(out, VAEOutput)
     assert out.logits.shape == (2, cout, resolution, resolution)
     assert out.z.shape == (2, 5)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors run fastest on one thread; on a busy 2-core machine extra threads spin-wait."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_number_of_convs_halves_down_to_4x4() -> None:

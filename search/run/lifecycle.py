@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from search.layout import (
     driver_running,
     resolve_search,
     storage_root,
-    write_json_atomic,
 )
 from search.run.checks import (
     check_mlflow_server,
@@ -47,7 +47,12 @@ from search.run.tuner import new_tuner, trainable
 from search.space import NAME_RE, SearchSpace, load_space, space_from_dict
 from search.tracking.client import MlflowTracker
 from search.tracking.journal import JOURNAL, sync_pending
-from search.tracking.parent_run import log_outcome, start_search_run
+from search.tracking.parent_run import (
+    log_outcome,
+    log_parent_curve,
+    record_outer_stage,
+    start_search_run,
+)
 
 Printer = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -269,47 +274,13 @@ def _outer_level(space: SearchSpace, layout: SearchLayout, state: SearchState, t
     assert state.mlflow_parent_run_id
     run_id = state.mlflow_parent_run_id
 
-    def on_parent(rec: dict[str, Any]) -> None:
-        log_parent_curve(tracker, run_id, layout, rec)
-
-    def on_done(rec: dict[str, Any]) -> None:
-        _record_outer(space, layout, tracker, run_id, rec)
-
-    stage = OuterStage(space, layout, out, on_parent=on_parent, streamed=streamed(space), on_done=on_done)
+    stage = OuterStage(space, layout, out, on_parent=partial(log_parent_curve, tracker, run_id, layout),
+                       streamed=streamed(space), on_done=partial(record_outer_stage, space, layout, tracker, run_id))
     if stage.streamed:
         stage.poll(stage.limit)  # the parents start while Tune starts up
         gate.register(str(layout.root), stage)
         return space, stage
     return effective_space(space, stage.drain()), None
-
-
-def _record_outer(space: SearchSpace, layout: SearchLayout, tracker: MlflowTracker, run_id: str,
-                  record: dict[str, Any]) -> None:
-    """The finished outer stage: ``outer.json`` (what resume reads) and the search run's tags."""
-    assert space.outer is not None
-    write_json_atomic(layout.outer_file, record)
-    kept = record["kept"]
-    failed = [p for p in record["points"] if "error" in p]
-    tracker.set_tags(run_id, {
-        "outer.parents": str(len(record["points"])),
-        "outer.kept": ("all" if not failed else f"all but {len(failed)} that failed") if kept is None
-        else ", ".join(map(str, kept)),
-        "outer.rank_by": f"{space.outer.rank_by.metric} ({space.outer.rank_by.mode})",
-    })
-    tracker.log_artifact(run_id, layout.outer_file)
-
-
-def log_parent_curve(tracker: MlflowTracker, run_id: str, layout: SearchLayout, rec: dict[str, Any]) -> None:
-    """An outer parent's training curve on the search run that trained it:
-    ``parent_train/<knob:value ...>/<metric>``, step = parent epoch (a trial that reuses the
-    parent logs none: it did not train it)."""
-    from compvae.pipeline.state import PARENT_HISTORY
-    from search.tracking.callback import log_parent_history
-
-    if rec.get("reused") or "key" not in rec:
-        return
-    label = " ".join(f"{k}:{v}" for k, v in rec["values"].items())
-    log_parent_history(tracker, run_id, layout.parents_dir / rec["key"] / PARENT_HISTORY, f"parent_train/{label}/")
 
 
 def _mark(tracker: MlflowTracker, layout: SearchLayout, state: SearchState, status: str, run_status: str) -> None:

@@ -3,6 +3,8 @@ description as its note, the settings as params and tags, and (at the end) the o
 
 from __future__ import annotations
 
+from typing import Any
+
 from compvae import __version__
 from compvae.errors import UserError, first_line
 from search.analysis.results import (
@@ -16,6 +18,7 @@ from search.analysis.results import (
 from search.layout import (
     SearchLayout,
     SearchState,
+    write_json_atomic,
 )
 from search.space import SearchSpace
 from search.tracking.client import MlflowTracker, is_local_store, store_lock
@@ -100,3 +103,32 @@ def log_outcome(tracker: MlflowTracker, state: SearchState, space: SearchSpace,
     assert state.mlflow_parent_run_id
     tracker.log_metrics(state.mlflow_parent_run_id, outcome_metrics(space, summaries),
                         step=len([s for s in summaries if s.status in (COMPLETED, STOPPED, FAILED)]))
+
+
+def log_parent_curve(tracker: MlflowTracker, run_id: str, layout: SearchLayout, rec: dict[str, Any]) -> None:
+    """An outer parent's training curve on the search run that trained it:
+    ``parent_train/<knob:value ...>/<metric>``, step = parent epoch (a trial that reuses the
+    parent logs none: it did not train it)."""
+    from compvae.pipeline.state import PARENT_HISTORY
+    from search.tracking.callback import log_parent_history
+
+    if rec.get("reused") or "key" not in rec:
+        return
+    label = " ".join(f"{k}:{v}" for k, v in rec["values"].items())
+    log_parent_history(tracker, run_id, layout.parents_dir / rec["key"] / PARENT_HISTORY, f"parent_train/{label}/")
+
+
+def record_outer_stage(space: SearchSpace, layout: SearchLayout, tracker: MlflowTracker, run_id: str,
+                       record: dict[str, Any]) -> None:
+    """The finished outer stage: ``outer.json`` (what resume reads) and the search run's tags."""
+    assert space.outer is not None
+    write_json_atomic(layout.outer_file, record)
+    kept = record["kept"]
+    failed = [p for p in record["points"] if "error" in p]
+    tracker.set_tags(run_id, {
+        "outer.parents": str(len(record["points"])),
+        "outer.kept": ("all" if not failed else f"all but {len(failed)} that failed") if kept is None
+        else ", ".join(map(str, kept)),
+        "outer.rank_by": f"{space.outer.rank_by.metric} ({space.outer.rank_by.mode})",
+    })
+    tracker.log_artifact(run_id, layout.outer_file)

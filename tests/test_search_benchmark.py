@@ -1,0 +1,42 @@
+"""benchmarks/search.py end to end on a small space: both sides run, the same trials and epochs,
+reuse trains only the outer parents, and the issue #16 targets and the floor are printed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow  # two searches on a fresh local Ray: ~1-2 min on 2 cores
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_search_benchmark_runs_both_sides_and_prints_the_targets(tmp_path):
+    space = {
+        "name": "bench", "preset": "tiny",
+        "params": {"parent.beta": {"choice": [1.0, 2.0]}, "child.beta": {"uniform": [1.0, 4.0]}},
+        "outer": {"params": ["parent.beta"]},
+        "objective": {"metric": "child/mig", "mode": "max"},
+        "search": {"sampler": "tpe", "seed": 0, "num_samples": 4, "max_concurrent": 2, "scheduler": "none",
+                   "resources": {"cpus": 1, "gpus": 0}},
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search.py"), "--space", str(path),
+                           "--num-cpus", "2", "--no-warmup", "--keep", str(tmp_path / "work")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    runs = dict(re.findall(r"run 0 +(reuse|noreuse): .*?(\d+ trials / \d+ child epochs, parents trained \d+)", out))
+    assert runs["reuse"] == "4 trials / 8 child epochs, parents trained 2", out[-4000:]
+    assert runs["noreuse"] == "4 trials / 8 child epochs, parents trained 4", out[-4000:]
+    values = dict(re.findall(r"^  (\S.*?) +(\d+\.\d{3})  (?:target|the floor)", out, flags=re.M))
+    assert set(values) == {"utilisation with reuse", "non-training share of a reused trial",
+                           "wall-time ratio reuse/no-reuse", "ratio at equal utilisation (compute s)"}, out[-3000:]
+    assert 0.0 < float(values["utilisation with reuse"]) <= 1.05
+    assert 0.0 < float(values["ratio at equal utilisation (compute s)"]) < 1.5
+    assert "timeline:" in out and "where a trial's seconds go" in out
