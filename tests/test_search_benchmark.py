@@ -38,5 +38,12 @@ def test_search_benchmark_runs_both_sides_and_prints_the_targets(tmp_path):
     assert set(values) == {"utilisation with reuse", "non-training share of a reused trial",
                            "wall-time ratio reuse/no-reuse", "ratio at equal utilisation (compute s)"}, out[-3000:]
     assert 0.0 < float(values["utilisation with reuse"]) <= 1.05
-    assert 0.0 < float(values["ratio at equal utilisation (compute s)"]) < 1.5
+    # the ratios are those of the table's wall and compute columns (printed to 0.1 s)
+    table = {side: (float(w), float(c)) for side, w, c in
+             re.findall(r"^ +(reuse|no reuse) +(\d+\.\d) +(\d+\.\d) ", out, flags=re.M)}
+    (wall_r, comp_r), (wall_n, comp_n) = table["reuse"], table["no reuse"]
+    for printed, num, den in ((values["wall-time ratio reuse/no-reuse"], wall_r, wall_n),
+                              (values["ratio at equal utilisation (compute s)"], comp_r, comp_n)):
+        low, high = (num - 0.05) / (den + 0.05), (num + 0.05) / (den - 0.05)
+        assert low <= float(printed) <= high, (printed, num, den)
     assert "timeline:" in out and "where a trial's seconds go" in out
