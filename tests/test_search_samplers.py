@@ -295,3 +295,17 @@ def test_gate_adopts_trials_a_killed_driver_finished_after_tunes_last_snapshot(t
     assert by_id["t2"].adopted and by_id["t3"].adopted
     assert by_id["t3"].status == COMPLETED  # the study told it COMPLETE at its last epoch
 
+
+
+def test_a_gate_pickled_before_the_adoption_fields_still_suggests(tiny_space, tmp_path):
+    """Tune's tuner.pkl of a search launched by an older release holds a gate without ``search``,
+    ``num_samples`` and ``_adopted``: resuming it must suggest as before (no adoption)."""
+    import pickle
+
+    from search.run import gate
+
+    g = gate.ParentGate(make_searcher(_space(tiny_space), f"sqlite:///{tmp_path / 'optuna.db'}", "s"), 2)
+    for name in ("search", "num_samples", "_adopted"):
+        del g.__dict__[name]
+    old = pickle.loads(pickle.dumps(g))
+    assert set(old.suggest("t1")) == set(_space(tiny_space).params)

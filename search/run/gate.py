@@ -36,6 +36,11 @@ class ParentGate(ConcurrencyLimiter):
     """``max_concurrent`` trials at a time; the first trials pinned to ``points`` in order; with
     ``root`` (a streamed stage) each held until its parent is trained."""
 
+    # Defaults for a gate pickled (in Tune's tuner.pkl) before these fields existed: it resumes.
+    search: str | None = None
+    num_samples: int | None = None
+    _adopted: int | None = None
+
     def __init__(self, searcher: Searcher, max_concurrent: int, root: str | None = None,
                  points: list[dict[str, Any]] | None = None, search: str | None = None,
                  num_samples: int | None = None) -> None:
@@ -56,7 +61,7 @@ class ParentGate(ConcurrencyLimiter):
     def _finished(self) -> bool:
         """Whether Tune's trials (its snapshot's and this driver's) and the adopted ones reach
         ``num_samples``: Tune counts only the first, so it would replace an adopted trial."""
-        if self.num_samples is None or getattr(self, "search", None) is None:
+        if self.num_samples is None or self.search is None:
             return False
         ot_trials, study, _ = optuna_search_state(self.searcher)
         if self._adopted is None:  # the first suggestion after a (re)start: Tune's snapshot is restored
