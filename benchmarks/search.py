@@ -356,7 +356,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     # allows, whatever the scheduling (the ratio cannot go below it unless trials get cheaper).
     bound = med(True, "compute") / med(False, "compute")
     print(f"  {'ratio at equal utilisation (compute s)':<40} {bound:>7.3f}  the floor the work itself sets")
-    return {"ratio_at_equal_utilisation": bound, "ratio": ratio, "wall_reuse": med(True, "wall"), "wall_noreuse": med(False, "wall"),
+    return {"ratio": ratio, "ratio_at_equal_utilisation": bound,
+            "wall_reuse": med(True, "wall"), "wall_noreuse": med(False, "wall"),
             "utilisation_reuse": util[True], "utilisation_noreuse": util[False],
             "non_training_share_reuse": share if share is not None else float("nan")}
 

@@ -45,6 +45,11 @@ class TrialSummary:
     def complete(self) -> bool:
         return self.status == COMPLETED and self.epoch >= self.final_epoch
 
+    @property
+    def ended(self) -> str:
+        """How a trial that returned ended: COMPLETED at its last epoch, else STOPPED (by ASHA)."""
+        return COMPLETED if self.final_epoch and self.epoch >= self.final_epoch else STOPPED
+
     def save(self, layout: SearchLayout) -> None:
         write_json_atomic(layout.trial_dir(self.name) / "summary.json", asdict(self))
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from search.analysis.results import COMPLETED, FAILED, RUNNING, STOPPED, TrialSummary
+from search.analysis.results import FAILED, RUNNING, TrialSummary
 from search.layout import SearchLayout
+from search.tracking.client import TRIAL_ID_TAG, MlflowTracker
 from search.trials import TUNE_TRIAL_ATTR
 
 log = logging.getLogger(__name__)
-ORPHANED = "orphaned"  # the user attribute of a study trial no trial ran (lifecycle._close_orphaned_study_trials)
+#: The study trial attribute and MLflow run tag of a trial a killed driver lost (no trial ran it to its end).
+ORPHANED = "orphaned"
 
 
 def finished_unknown(study: Any, known: set[str]) -> dict[str, Any]:
@@ -45,11 +47,10 @@ def adopt_finished(layout: SearchLayout, study: Any, known: set[str]) -> list[Tr
         ot = unknown.get(s.trial_id)
         if ot is None:
             continue
-        if s.status == RUNNING:
-            if ot.state == TrialState.FAIL:
-                s.status, s.error = FAILED, s.error or "failed (the study's record; the driver was killed)"
-            else:
-                s.status = COMPLETED if ot.state == TrialState.COMPLETE and s.epoch >= s.final_epoch else STOPPED
+        if s.status == RUNNING and ot.state == TrialState.FAIL:
+            s.status, s.error = FAILED, s.error or "failed (the study's record; the driver was killed)"
+        elif s.status == RUNNING:
+            s.status = s.ended
         s.adopted = True
         s.save(layout)
         adopted.append(s)
@@ -59,12 +60,10 @@ def adopt_finished(layout: SearchLayout, study: Any, known: set[str]) -> list[Tr
     return adopted
 
 
-def close_adopted_runs(tracker: Any, experiment_id: str, parent_run_id: str,
+def close_adopted_runs(tracker: MlflowTracker, experiment_id: str, parent_run_id: str,
                        summaries: list[TrialSummary]) -> set[str]:
     """An adopted trial's MLflow run, still RUNNING when the driver died in its last callbacks,
     ends as its summary did; returns the adopted trial ids (their runs are not orphans)."""
-    from search.tracking.client import TRIAL_ID_TAG
-
     adopted = {s.trial_id: s for s in summaries if s.adopted}
     for run in tracker.trial_runs(experiment_id, parent_run_id) if adopted else []:
         s = adopted.get(run.data.tags.get(TRIAL_ID_TAG, ""))

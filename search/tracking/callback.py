@@ -18,7 +18,7 @@ from ray.tune.experiment import Trial
 
 from compvae.parent_store import parent_key
 from search.analysis.results import COMPLETED, FAILED, FINAL_FAILURE, TrialSummary
-from search.tracking.adopt import close_adopted_runs
+from search.tracking.adopt import ORPHANED, close_adopted_runs
 from search.tracking.client import TRIAL_ID_TAG, MlflowTracker
 from search.tracking.context import dataset_record, run_context_tags
 from search.tracking.journal import JOURNAL, PENDING_PREFIX
@@ -216,7 +216,7 @@ class MlflowCallback(Callback):
         known = {t.trial_id for t in trials} | close_adopted_runs(
             self.tracker, self.experiment_id, self.parent_run_id, TrialSummary.load_all(self.summaries.layout))
         self.tracker.close_running(self.experiment_id, self.parent_run_id, "KILLED",
-                                   {"orphaned": "lost when the driver was killed; a new trial replaced it on resume"},
+                                   {ORPHANED: "lost when the driver was killed; a new trial replaced it on resume"},
                                    keep=known)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -17,12 +17,10 @@ from compvae.compat import tune_stop_retries
 from compvae.config import TrialConfig
 from compvae.errors import ConfigError, UserError
 from search.analysis.results import (
-    COMPLETED,
     FAILED,
     FINAL_FAILURE,
     LOST,
     RUNNING,
-    STOPPED,
     TrialSummary,
 )
 from search.layout import SearchLayout
@@ -108,7 +106,7 @@ class SummaryCallback(Callback):
         s = self.summary(trial)
         if trial.last_result:
             s.epoch = max(s.epoch, int(trial.last_result.get("epoch", 0)))
-        s.status = COMPLETED if s.final_epoch and s.epoch >= s.final_epoch else STOPPED
+        s.status = s.ended
         s.save(self.layout)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
