@@ -10,7 +10,8 @@ reuse/no-reuse <= 0.55, utilisation with reuse >= 0.92, and a reused trial's non
 
 Ray Tune's overhead is judged by utilisation = sum of trial compute seconds (each trial
 function's own wall time, start to finish, outputs included, plus the seconds of each parent
-a space's outer level trained up front) divided by wall seconds x
+a space's outer level trained as a Ray task; a streamed stage's parents are trained inside
+their pinned trials, so within those trials' own time) divided by wall seconds x
 concurrency; overhead = 1 - utilisation (scheduling, trial start-up, the
 driver's MLflow writes, checkpoints, and slots idle while the last trials finish).
 
@@ -94,18 +95,13 @@ def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]],
     first = min(s for s, _ in intervals)
     last = max(e for _, e in intervals)
     out: dict[str, float] = {}
-    if outer is not None:
+    if outer is not None and not outer.get("streamed"):  # parents trained up front, as Ray tasks
         o_end = outer["end"]
         o_start = o_end - outer["seconds"]
         out["before work s"] = o_start - t_start
         out["outer stage s"] = o_end - o_start
-        if outer.get("streamed"):  # trials overlap the stage: what matters is the first parent's wait
-            first_parent = min(outer["finished_at"]) if outer["finished_at"] else o_end
-            out["first parent -> first trial s"] = max(0.0, first - first_parent)
-            out["stage overlapping trials s"] = max(0.0, o_end - first)
-        else:
-            out["outer -> first trial s"] = max(0.0, first - o_end)
-    else:
+        out["outer -> first trial s"] = max(0.0, first - o_end)
+    else:  # no stage, or a streamed one: its parents are trained in the first trials
         out["before work s"] = first - t_start
     busy = sum(min(e, last) - max(s, first) for s, e in intervals)
     out["trials span s"] = last - first
@@ -171,14 +167,15 @@ def print_breakdown(rows: list[dict[str, float]], label: str) -> float | None:
 
 
 def outer_parents(layout_root: Path) -> list[dict[str, Any]]:
-    """The parents a space's outer level trained before the trials (``outer.json``; none
-    without an outer level or without reuse). Their seconds count as trial compute: a trial
+    """The parents a space's outer level trained as Ray tasks (``outer.json``; none without an
+    outer level or without reuse, and none a trial trained: a streamed stage's pinned trials
+    train theirs, within their own compute). Their seconds count as trial compute: a trial
     would otherwise have trained them."""
     from search.layout import SearchLayout
     from search.run.outer import load_record
 
     record = load_record(SearchLayout(layout_root))
-    return record["points"] if record is not None else []
+    return [p for p in record["points"] if "trial" not in p] if record is not None else []
 
 
 def snapshot_code(dest: Path) -> Path:
@@ -243,8 +240,7 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
         import json
 
         rec = json.loads(outer_file.read_text())
-        outer_span = {"end": outer_file.stat().st_mtime, "seconds": rec["seconds"], "streamed": rec.get("streamed"),
-                      "finished_at": [p["finished_at"] for p in rec["points"] if "finished_at" in p]}
+        outer_span = {"end": outer_file.stat().st_mtime, "seconds": rec["seconds"], "streamed": rec.get("streamed")}
     return {
         "wall": wall,
         "breakdowns": trial_breakdowns(outcome.layout.root),

@@ -68,18 +68,39 @@ def parent_key(cfg: TrialConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class ParentStore:
-    """Directory of finished parents: ``<root>/<key>/parent.pt`` plus a ``DONE`` marker."""
+def stored_metrics_path(cfg: TrialConfig, parent_dir: Path) -> Path:
+    """Where a stored parent's metrics are cached: they depend on the eval settings too, so
+    one file per eval section."""
+    eval_key = hashlib.sha256(cfg.eval.model_dump_json().encode()).hexdigest()[:12]
+    return parent_dir / f"metrics-{eval_key}.json"
 
-    def __init__(self, root: str | Path) -> None:
+
+class ParentStore:
+    """Directory of finished parents: ``<root>/<key>/parent.pt`` plus a ``DONE`` marker.
+
+    ``owner`` (e.g. the trial and Ray node training through this handle) is written into the
+    marker of each parent it trains, with when it finished and its training seconds, so a
+    search's driver can say who trained what without asking the process that did.
+    """
+
+    def __init__(self, root: str | Path, owner: dict | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.owner = dict(owner or {})
 
     def path(self, key: str) -> Path:
         return self.root / key
 
     def has(self, key: str) -> bool:
         return (self.path(key) / "DONE").exists()
+
+    def marker(self, key: str) -> dict | None:
+        """A finished parent's ``DONE`` record (``finished``, ``seconds`` and the owner's fields;
+        only ``finished`` for a parent stored before they were recorded), or None."""
+        try:
+            return json.loads((self.path(key) / "DONE").read_text())
+        except FileNotFoundError:
+            return None
 
     def get_or_train(
         self, key: str, train_into: Callable[[Path], None], log: Callable[[str], None] = lambda s: None
@@ -105,8 +126,10 @@ class ParentStore:
                 partial = self.root / f"{key}.partial"
                 partial.mkdir(exist_ok=True)
                 log(f"parent {key} training (store {self.root})")
+                started = time.perf_counter()
                 train_into(partial)
-                (partial / "DONE").write_text(json.dumps({"finished": time.time()}))
+                (partial / "DONE").write_text(json.dumps({
+                    "finished": time.time(), "seconds": time.perf_counter() - started, **self.owner}))
                 if final.exists():  # a stale, unfinished directory from an older layout
                     shutil.rmtree(final)
                 os.replace(partial, final)

@@ -272,12 +272,13 @@ def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path
             assert values["parent/recon_error"] > 0
 
 
-# ---- Ctrl-C while a streamed outer stage trains its slow parent and trials already run ----------
+# ---- Ctrl-C while a pinned trial trains the slow outer parent of a streamed stage --------------
 @pytest.mark.slow  # ~2 min on 2 busy cores
 def test_ctrl_c_during_a_streamed_outer_stage_then_resume_finishes_on_both_parents(tmp_path):
-    """Trials run on the fast parent while the slow one trains; Ctrl-C then stops both, and
-    resume continues the slow parent from its partial state (the gate of the restored Tuner
-    finds the restarted stage), ends with every trial reusing a parent and the stage recorded."""
+    """The pinned trials train the parents: Ctrl-C while the slow one's trial is part-way through
+    it; resume restores that trial, which continues the parent from its partial state in the
+    store (the restored gate finds the restarted stage, which records it), and every later trial
+    reuses a stored parent."""
     from search.run.outer import load_record
 
     proc, layout = _launch_outer(tmp_path, "streamed", {"parent.epochs": {"choice": [1, 60]},
@@ -298,12 +299,15 @@ def test_ctrl_c_during_a_streamed_outer_stage_then_resume_finishes_on_both_paren
     record = load_record(layout)
     assert record is not None and record["streamed"] and all("error" not in p for p in record["points"])
     slow = next(p for p in record["points"] if p["values"]["parent.epochs"] == 60)
-    assert not slow["reused"]  # trained (continued) by the resumed stage, not found finished
+    assert not slow["reused"] and slow["trial"] == "trial_00001"  # continued after resume, by its trial
+    starts = [a["resumed_from_epoch"] for a in _attempts(layout, "trial_00001")]
+    assert len(starts) == 2, starts  # interrupted once, restored once (not replaced by a new trial)
     stored = sorted(p.name for p in layout.parents_dir.iterdir() if not p.name.endswith(".lock"))
     assert stored == sorted(p["key"] for p in record["points"])  # no partial left behind
     summaries = TrialSummary.load_all(layout)
     assert len(summaries) == 4 and all(s.status == COMPLETED for s in summaries)
-    assert all(s.metrics["parent/reused"] == 1.0 for s in summaries)
+    reused = {s.name: s.metrics["parent/reused"] for s in summaries}
+    assert reused == {"trial_00000": 0.0, "trial_00001": 0.0, "trial_00002": 1.0, "trial_00003": 1.0}
     _check_stores(layout)
 
 

@@ -259,11 +259,12 @@ def test_outer_keep_ranks_by_the_parent_metric_and_drops_failed_parents(tiny_spa
         _keep(plain, _records((1.0, None), (2.0, None), (4.0, None)))
 
 
-# ---- a streamed outer stage: trials start on each parent as soon as it is trained -------------
-def test_streamed_outer_stage_starts_trials_on_the_parent_trained_first(ray_local, tmp_path, tiny_space):
-    """Without ``keep`` the Tuner starts with the outer stage: the first trial (pinned to the first
-    parent, the fast one) runs while the slow parent still trains, the second (pinned to the slow
-    one) waits for it; each parent's curve is on the search run."""
+# ---- a streamed outer stage: each parent trained by its pinned first trial ------------------------
+def test_streamed_outer_stage_has_each_parent_trained_by_its_pinned_trial(ray_local, tmp_path, tiny_space):
+    """Without ``keep`` no Ray task trains a parent: the first two trials (pinned to the parents in
+    order) start at once and each trains its own through the store, which the stage watches and
+    records (who trained it, where, how long); each parent's curve is on the search run and every
+    later trial reuses a stored parent."""
     space = dict(tiny_space)
     space["params"] = {"parent.epochs": {"choice": [1, 40]}, "child.beta": {"uniform": [1.0, 2.0]}}
     space["outer"] = {"params": ["parent.epochs"]}
@@ -276,23 +277,95 @@ def test_streamed_outer_stage_starts_trials_on_the_parent_trained_first(ray_loca
     assert record is not None and record["streamed"] is True and record["kept"] is None
     by_epochs = {p["values"]["parent.epochs"]: p for p in record["points"]}
     assert all("error" not in p and not p["reused"] for p in by_epochs.values())
+    assert by_epochs[1]["trial"] == "trial_00000" and by_epochs[40]["trial"] == "trial_00001"
+    import ray
+
+    assert all(p["node"] == ray.get_runtime_context().get_node_id() for p in by_epochs.values())
+    assert by_epochs[40]["seconds"] > by_epochs[1]["seconds"] > 0
     slow_done = by_epochs[40]["finished_at"]
     assert by_epochs[1]["finished_at"] < slow_done
 
-    # when the gate gave each trial its config: Optuna's ask (a trial's process may then take a
-    # while to boot on a busy machine, so its own start time says less about the scheduling)
+    # when the gate gave each trial its config: Optuna's ask. Both pins at once: none waits for a parent
     state = SearchState.load(layout)
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     asked = {t.number: t for t in study.trials}
     assert asked[0].params["parent.epochs"] == 1 and asked[1].params["parent.epochs"] == 40  # pinned in order
-    assert asked[0].datetime_start.timestamp() < slow_done, "the first trial waited for the slow parent"
-    assert asked[1].datetime_start.timestamp() >= slow_done - 1.0  # held until its parent was trained
-    by_name = {s.name: TrialConfig.from_dict(s.config).parent.epochs for s in summaries}
-    assert by_name["trial_00000"] == 1 and by_name["trial_00001"] == 40
-    assert all(s.metrics[PARENT_REUSED] == 1.0 for s in summaries)  # nobody trained a parent itself
+    assert asked[1].datetime_start.timestamp() < by_epochs[1]["finished_at"]
+    by_name = {s.name: s for s in summaries}
+    assert TrialConfig.from_dict(by_name["trial_00001"].config).parent.epochs == 40
+    reused = {name: s.metrics[PARENT_REUSED] for name, s in by_name.items()}
+    assert reused == {"trial_00000": 0.0, "trial_00001": 0.0, "trial_00002": 1.0, "trial_00003": 1.0}
     client = MlflowClient(state.mlflow_uri)
     for epochs in (1, 40):
         curve = client.get_metric_history(state.mlflow_parent_run_id, f"parent_train/parent.epochs:{epochs}/loss")
         assert sorted(m.step for m in curve) == list(range(1, epochs + 1))
     tags = client.get_run(state.mlflow_parent_run_id).data.tags
     assert tags["outer.parents"] == "2" and tags["outer.kept"] == "all"
+
+
+def test_streamed_parent_that_fails_in_its_pinned_trial_is_dropped_and_the_rest_goes_on(ray_local, tmp_path,
+                                                                                         tiny_space):
+    """A parent that diverges in its pinned trial fails that trial (not retried) and is recorded as
+    the stage's failed parent, with the trial's error; the later trials stay on the one that trained."""
+    space = dict(tiny_space)
+    space["params"] = {"parent.lr": {"choice": [0.001, 1.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
+    space["outer"] = {"params": ["parent.lr"]}
+    space["search"] = {**space["search"], "sampler": "random", "num_samples": NUM_TRIALS, "max_concurrent": 2,
+                       "scheduler": "none"}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["launch", str(path), "--storage", str(tmp_path / "s"), "--name", "onefails"]) == 0
+    layout = SearchLayout(tmp_path / "s" / "onefails")
+    record = load_record(layout)
+    assert record is not None
+    by_lr = {p["values"]["parent.lr"]: p for p in record["points"]}
+    assert "error" not in by_lr[0.001] and by_lr[0.001]["trial"] == "trial_00000"
+    assert by_lr[1.0]["error"] == "trial_00001: TrainingDiverged: step 1: term loss is nan"
+    summaries = {s.name: s for s in TrialSummary.load_all(layout)}
+    assert summaries["trial_00001"].status == FAILED and summaries["trial_00001"].retries == 0
+    later = [s for name, s in summaries.items() if name not in ("trial_00000", "trial_00001")]
+    assert len(later) == NUM_TRIALS - 2
+    assert all(s.status != FAILED and TrialConfig.from_dict(s.config).parent.lr == 0.001 for s in later)
+    state = SearchState.load(layout)
+    tags = MlflowClient(state.mlflow_uri).get_run(state.mlflow_parent_run_id).data.tags
+    assert tags["outer.kept"] == "all but 1 that failed"
+
+
+def test_streamed_stage_whose_every_parent_fails_ends_the_search_with_one_line(ray_local, tmp_path, tiny_space,
+                                                                              capsys):
+    space = dict(tiny_space)
+    space["params"] = {"parent.lr": {"choice": [0.5, 1.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
+    space["outer"] = {"params": ["parent.lr"]}
+    space["search"] = {**space["search"], "sampler": "random", "num_samples": NUM_TRIALS, "max_concurrent": 2,
+                       "scheduler": "none"}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["launch", str(path), "--storage", str(tmp_path / "s"), "--name", "allfail"]) == 2
+    err = capsys.readouterr().err
+    assert "outer level: every parent failed to train (first: parent.lr=0.5: trial_00000: TrainingDiverged" in err
+    layout = SearchLayout(tmp_path / "s" / "allfail")
+    assert SearchState.load(layout).status == "failed"
+    assert len(TrialSummary.load_all(layout)) == 2  # the two pinned trials; no trial on a failed parent
+
+
+def test_streamed_stage_with_fewer_trials_than_parents_trains_the_rest_as_tasks(ray_local, tmp_path, tiny_space):
+    """One trial, two outer parents: the pinned trial trains the first; the second, which no trial
+    needed, is trained by the stage at the end (a Ray task), so ``outer.json`` covers both."""
+    space = dict(tiny_space)
+    space["params"] = {"parent.beta": {"choice": [1.0, 2.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
+    space["outer"] = {"params": ["parent.beta"]}
+    space["search"] = {**space["search"], "sampler": "random", "num_samples": 1, "max_concurrent": 2,
+                       "scheduler": "none"}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["launch", str(path), "--storage", str(tmp_path / "s"), "--name", "fewer"]) == 0
+    layout = SearchLayout(tmp_path / "s" / "fewer")
+    record = load_record(layout)
+    assert record is not None and record["streamed"] is True
+    first, second = record["points"]
+    assert first["values"] == {"parent.beta": 1.0} and first["trial"] == "trial_00000"
+    assert second["values"] == {"parent.beta": 2.0} and "trial" not in second and "error" not in second
+    assert not first["reused"] and not second["reused"]
+    stored = {p.name for p in layout.parents_dir.iterdir() if (p / "DONE").is_file()}
+    assert stored == {first["key"], second["key"]}
+    assert "parent/mig" in second["metrics"]

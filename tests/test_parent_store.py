@@ -72,3 +72,23 @@ def test_parent_key_ignores_mask_and_child_knobs_but_not_parent_ones():
     assert parent_key(base.with_updates({"parent.beta": 7.0})) != parent_key(base)
     assert parent_key(base.with_updates({"train.seed": 1})) != parent_key(base)
     assert parent_key(base.with_updates({"data.num_train": 1024})) != parent_key(base)
+
+
+def test_the_done_marker_records_who_trained_the_parent_and_for_how_long(tmp_path):
+    """What a streamed outer stage reads to record a parent its trial trained."""
+    store = ParentStore(tmp_path / "store", owner={"trial": "trial_00003", "node": "n1"})
+    assert store.marker("k3") is None
+    before = time.time()
+    path, reused = store.get_or_train("k3", lambda d: time.sleep(0.3))
+    marker = store.marker("k3")
+    assert not reused and path == store.path("k3")
+    assert set(marker) == {"finished", "seconds", "trial", "node"}
+    assert marker["trial"] == "trial_00003" and marker["node"] == "n1"
+    assert 0.3 <= marker["seconds"] < 5.0 and before < marker["finished"] <= time.time()
+    # another handle finds it finished: it trains nothing and leaves the marker as it was
+    assert ParentStore(tmp_path / "store", owner={"trial": "other"}).get_or_train("k3", _never) == (path, True)
+    assert store.marker("k3") == marker
+
+
+def _never(d: Path) -> None:
+    raise AssertionError("a stored parent was trained again")

@@ -78,22 +78,24 @@ def test_searcher_prunes_asha_cut_trials_and_skips_epochs_without_objective(tiny
 
 
 class _Stage:
-    """The parts of an outer stage the gate reads (search.run.outer.OuterStage)."""
+    """The parts of an outer stage the gate reads and calls (search.run.outer.OuterStage)."""
 
-    def __init__(self, ready, in_flight, failed=(), error=None, finished=False):
-        self._ready, self.in_flight, self.error, self.done = list(ready), in_flight, error, finished
-        self.records = [{"values": {"parent.beta": b}, "error": "TrainingDiverged"} for b in failed]
-        self.polled: list[int] = []
+    def __init__(self, error=None):
+        self.error, self.done = error, False
+        self.records: list[dict] = []
+        self.polls = 0
+        self.failures: list[tuple[dict, str]] = []
 
     @property
     def finished(self):
         return self.done or self.error is not None
 
-    def ready(self):
-        return [{"parent.beta": b} for b in self._ready]
+    def poll(self):
+        self.polls += 1
 
-    def poll(self, free):
-        self.polled.append(free)
+    def trial_failed(self, point, error):
+        self.failures.append((point, error))
+        self.records.append({"values": point, "error": error})
 
 
 def _outer_gate(tiny_space, tmp_path, sampler, root):
@@ -108,80 +110,74 @@ def _outer_gate(tiny_space, tmp_path, sampler, root):
     return gate.ParentGate(make_searcher(space, url, "s"), 2, root, space.outer_points()), url
 
 
-def _done(g, trial_id):
-    g.on_trial_complete(trial_id, {"child/mig": 0.1, "epoch": 2})
+def _done(g, trial_id, **kwargs):
+    g.on_trial_complete(trial_id, kwargs.pop("result", {"child/mig": 0.1, "epoch": 2}), **kwargs)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
-def test_gate_pins_the_first_trials_to_the_outer_parents_in_order_and_shares_the_slots(tiny_space, tmp_path,
-                                                                                         sampler):
+def test_gate_pins_the_first_trials_to_the_outer_parents_and_tells_the_stage_a_pin_failed(tiny_space, tmp_path,
+                                                                                            sampler):
+    """A streamed stage's parents are trained by their pinned trials: no pin waits for a parent;
+    a pinned trial that fails is reported to the stage (whose record then drops that parent)."""
     from ray.tune.search import Searcher
 
+    from search.analysis.results import FINAL_FAILURE
     from search.run import gate
 
     root = str(tmp_path)
     g, url = _outer_gate(tiny_space, tmp_path, sampler, root)
     try:
-        gate.register(root, stage := _Stage([], 2))
-        assert g.suggest("t1") is None and stage.polled == [2]  # both slots train parents: no trial
-        stage._ready, stage.in_flight = [2.0], 1
-        assert g.suggest("t1") is None  # the first trial is parent 1.0's, still training: held
-        stage._ready = [1.0, 2.0]
-        assert g.suggest("t1")["parent.beta"] == 1.0
-        assert g.suggest("t2") is None  # one trial + one parent in flight fill both slots
-        stage.in_flight = 0
-        assert g.suggest("t2")["parent.beta"] == 2.0  # the second trial: the second parent
+        gate.register(root, stage := _Stage())
+        assert g.suggest("t1")["parent.beta"] == 1.0 and stage.polls == 1  # nothing trained yet: not held
+        assert g.suggest("t2")["parent.beta"] == 2.0
+        assert g.suggest("t3") is None  # two trials fill both slots
+        polls = stage.polls
+        g.on_trial_result("t1", {"child/mig": 0.1, "epoch": 1})
+        assert stage.polls == polls + 1  # a pinned trial's result: its parent is stored, take it in
         _done(g, "t1")
-        _done(g, "t2")
-        # 4.0 failed: it gets no pinned trial, and the rest stays on the parents that trained
-        stage.records, stage.done = [{"values": {"parent.beta": 4.0}, "error": "TrainingDiverged"}], True
+        g.on_trial_result("t2", {FINAL_FAILURE: "TrainingDiverged: loss is nan"})  # then it raises
+        assert stage.failures == [({"parent.beta": 2.0}, "t2: TrainingDiverged: loss is nan")]
+        g.on_trial_complete("t2", error=True)  # Tune passes no result with an error
+        assert g.suggest("t3")["parent.beta"] == 4.0  # the last pin
+        g.on_trial_complete("t3", error=True)  # a worker that died, its retries spent
+        assert stage.failures[-1] == ({"parent.beta": 4.0}, "t3: its worker failed (see the trial's error)")
         seen = []
-        for i in range(3, 9):
+        for i in range(4, 9):  # the rest stays on the one parent that trained
             seen.append(g.suggest(f"t{i}")["parent.beta"])
             _done(g, f"t{i}")
-        assert set(seen) == {1.0, 2.0} and abs(seen.count(1.0) - seen.count(2.0)) <= 1  # least used first
-        gate.register(root, _Stage([], 0, error="outer level: every parent failed to train"))
+        assert seen == [1.0] * 5
+        assert len(stage.failures) == 3  # t2 twice (the stage keeps the first); unpinned trials report nothing
+        gate.register(root, _Stage(error="outer level: every parent failed to train"))
         assert g.suggest("t99") == Searcher.FINISHED
     finally:
         gate.unregister(root)
     study = optuna.load_study(study_name="s", storage=url)
-    assert [t.params["parent.beta"] for t in study.trials[:2]] == [1.0, 2.0]  # the study recorded the pins
+    assert [t.params["parent.beta"] for t in study.trials[:3]] == [1.0, 2.0, 4.0]  # the study recorded the pins
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # no pin left over
 
 
-def test_gate_configs_do_not_depend_on_which_parent_trains_first(tiny_space, tmp_path):
-    """The same seed gives the same trials whether parent 4.0 or 1.0 finishes first, and the
-    same as a search without reuse (no stage: the pins apply alike), while the sampler is random."""
+def test_gate_configs_are_the_same_with_and_without_a_streamed_stage(tiny_space, tmp_path):
+    """The same seed gives the same trials with a streamed stage as without reuse (no stage:
+    the pins apply alike), while the sampler is random."""
     from search.run import gate
 
-    def run(folder, order):
+    def run(folder, staged):
         folder.mkdir()
-        root = str(folder) if order is not None else None
-        g, _ = _outer_gate(tiny_space, folder, "tpe", root)
-        stage = _Stage([], 0)
-        if root:
-            gate.register(root, stage)
+        g, _ = _outer_gate(tiny_space, folder, "tpe", str(folder) if staged else None)
+        if staged:
+            gate.register(str(folder), _Stage())
         configs = []
         try:
             for step in range(6):
-                if root and step < len(order):
-                    stage._ready.append(order[step])  # one more parent trained
-                    stage.done = len(stage._ready) == 3
-                config = None
-                while config is None:  # held until its parent is trained
-                    config = g.suggest(f"t{step}")
-                    if config is None:
-                        stage._ready, stage.done = [1.0, 2.0, 4.0], True
-                configs.append(config)
+                configs.append(g.suggest(f"t{step}"))
                 _done(g, f"t{step}")
         finally:
             gate.unregister(str(folder))
         return configs
 
-    forward = run(tmp_path / "a", [1.0, 2.0, 4.0])
-    assert [c["parent.beta"] for c in forward[:3]] == [1.0, 2.0, 4.0]
-    assert run(tmp_path / "b", [4.0, 2.0, 1.0]) == forward
-    assert run(tmp_path / "c", None) == forward  # no reuse, no stage
+    staged = run(tmp_path / "a", True)
+    assert [c["parent.beta"] for c in staged[:3]] == [1.0, 2.0, 4.0]
+    assert run(tmp_path / "b", False) == staged
 
 
 def _tune_trial(trial_id: str, counter: int, root):

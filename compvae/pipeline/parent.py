@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from compvae.masks import (
     choose_latent,
 )
 from compvae.models import VAE, build_vae
-from compvae.parent_store import ParentStore, parent_key
+from compvae.parent_store import ParentStore, parent_key, stored_metrics_path
 from compvae.pipeline.data import TrialData
 from compvae.pipeline.evaluation import evaluate_parent
 from compvae.pipeline.state import (
@@ -103,13 +102,6 @@ def obtain_parent(cfg: TrialConfig, data: TrialData, device: torch.device, ckpt:
         atomic_torch_save(parent.state_dict(), ckpt / PARENT_WEIGHTS)
         (ckpt / PARENT_TRAINER).unlink(missing_ok=True)
     return parent, metrics, reused
-
-
-def stored_metrics_path(cfg: TrialConfig, parent_dir: Path) -> Path:
-    """Where a stored parent's metrics are cached: they depend on the eval settings too, so
-    one file per eval section."""
-    eval_key = hashlib.sha256(cfg.eval.model_dump_json().encode()).hexdigest()[:12]
-    return parent_dir / f"metrics-{eval_key}.json"
 
 
 def focus_latent(cfg: TrialConfig, parent: VAE, data: TrialData, ckpt: Path | None) -> int:

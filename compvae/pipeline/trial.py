@@ -19,13 +19,13 @@ from compvae.config import TrialConfig
 from compvae.data_cache import DataCache
 from compvae.errors import EmptyMaskError
 from compvae.io import atomic_write_text
-from compvae.parent_store import ParentStore, parent_key
+from compvae.parent_store import ParentStore, parent_key, stored_metrics_path
 from compvae.pipeline.data import load_data
 from compvae.pipeline.evaluation import child_recon_metrics, evaluate_child
 from compvae.pipeline.masking import Masker, ParentCode, check_joint_coverage
 from compvae.pipeline.objectives import build_child, child_trainer
 from compvae.pipeline.outputs import write_mask_figure, write_outputs, write_timings
-from compvae.pipeline.parent import focus_latent, obtain_parent, stored_metrics_path
+from compvae.pipeline.parent import focus_latent, obtain_parent
 from compvae.pipeline.state import (
     CHILD_METRICS,
     CHILD_TRAINER,

@@ -219,6 +219,8 @@ def _run_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, add
             else:  # a fresh search, or one stopped before Tune saved anything: the study goes on
                 tuner = new_tuner(space, layout, state, callbacks, gate_outer=streamed(space))
             tuner.fit()
+            if stage is not None and stage.error is not None:
+                raise UserError(stage.error)  # every parent failed in its pinned trial: the gate ended the search
             if stage is not None and not stage.finished:
                 if _all_trials_done(space, layout):
                     stage.drain()  # parents no trial needed (fewer trials than parents) finish too
@@ -277,7 +279,7 @@ def _outer_level(space: SearchSpace, layout: SearchLayout, state: SearchState, t
     stage = OuterStage(space, layout, out, on_parent=partial(log_parent_curve, tracker, run_id, layout),
                        streamed=streamed(space), on_done=partial(record_outer_stage, space, layout, tracker, run_id))
     if stage.streamed:
-        stage.poll(stage.limit)  # the parents start while Tune starts up
+        stage.poll()  # takes in the parents an earlier driver's trials stored
         gate.register(str(layout.root), stage)
         return space, stage
     return effective_space(space, stage.drain()), None

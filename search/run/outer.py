@@ -1,7 +1,8 @@
 """A space's outer level: train every distinct parent as Ray tasks, and search on them.
 
 So no trial waits on another's parent and the inner search can keep the best; without ``keep``
-the stage is streamed (trials start on each parent once trained, ``search.run.gate``); resumable through
+the stage is streamed: each parent is trained by its pinned first trial (``search.run.gate``) and
+the stage watches the store, so no process is started for a parent alone. Resumable through
 the store and ``outer.json`` (docs/design.md, The outer stage); a parent whose worker
 dies is retried up to ``search.max_failures`` times from its partial state.
 """
@@ -47,19 +48,24 @@ def pins_outer(space: SearchSpace) -> bool:
 
 
 def streamed(space: SearchSpace) -> bool:
-    """Whether trials may start while the outer stage still trains, each on a trained parent:
-    with pinned parents and reuse (``keep`` needs every parent ranked first)."""
+    """Whether the pinned first trials train the outer parents themselves, the stage only
+    watching the store: with pinned parents and reuse (``keep`` needs every parent ranked first)."""
     return pins_outer(space) and space.search.reuse_parents
 
 
 class OuterStage:
-    """The outer parents as Ray tasks, ``max_concurrent`` at a time, polled by the driver.
+    """The outer parents, polled by the driver: Ray tasks, ``max_concurrent`` at a time, or
+    (``streamed``) trained by the search's pinned first trials and read from the store.
 
     ``poll`` submits what the free slots allow and collects what finished; the blocking stage
-    (:func:`pretrain_parents`) polls until the end, a streamed one is polled by the search's
-    :class:`ParentGate` while trials already run on the parents that are ready. ``on_parent``
-    is called with each finished point's record (the driver logs its curve to MLflow), and
-    ``on_done`` with the stage's record once every parent is done (``outer.json``).
+    (:func:`pretrain_parents`) polls until the end. A streamed one submits nothing: the
+    search's :class:`ParentGate` polls it, and each parent is taken in once its trial has
+    stored and evaluated it (or failed: :meth:`trial_failed`); the parents no trial trained
+    (fewer trials than parents) are trained as tasks by :meth:`drain`. Why: a Ray task and
+    then a trial's worker, one after the other, each start a process and import torch (seconds
+    a slot stands idle, issue #16). ``on_parent`` is called with each finished point's record
+    (the driver logs its curve to MLflow), and ``on_done`` with the stage's record once every
+    parent is done (``outer.json``).
     """
 
     def __init__(self, space: SearchSpace, layout: SearchLayout, out: Printer,
@@ -80,11 +86,19 @@ class OuterStage:
         self.limit = max(1, space.search.max_concurrent)
         self.records: list[dict[str, Any]] = [{"values": p} for p in self.points]
         self.pending: dict[Any, int] = {}
-        self.queue = list(range(len(self.points)))
-        self.t0 = time.perf_counter()
+        self.queue = [] if streamed else list(range(len(self.points)))
+        self.t0, self.t0_wall = time.perf_counter(), time.time()
         self.record: dict[str, Any] | None = None  # set once every parent is done
         self.error: str | None = None  # set when the stage cannot go on (every parent failed)
-        how = ("trials start on each as soon as it is trained" if streamed else "trained up front")
+        if streamed:  # where each parent's trial stores it (the keys the trials compute)
+            from compvae.parent_store import ParentStore, parent_key, stored_metrics_path
+
+            self._store = ParentStore(layout.parents_dir)
+            configs = [space.trial_config(p) for p in self.points]
+            self._keys = [parent_key(c) for c in configs]
+            self._metric_files = [stored_metrics_path(c, self._store.path(k)) for c, k in zip(configs, self._keys,
+                                                                                               strict=True)]
+        how = ("each trained by its first trial" if streamed else "trained up front")
         out(f"outer level: {len(self.points)} parents ({', '.join(space.outer_axes())}), {how}, "
             f"{min(self.limit, len(self.points))} at a time")
 
@@ -100,11 +114,17 @@ class OuterStage:
         """The points whose parent is trained (in the space's order)."""
         return [r["values"] for r in self.records if "metrics" in r and "error" not in r]
 
-    def poll(self, free: int, block: bool = False) -> None:
-        """Start queued parents on up to ``free`` slots, then take in every finished one
-        (with ``block``, wait for at least one)."""
+    def _open(self, i: int) -> bool:
+        rec = self.records[i]
+        return "key" not in rec and "error" not in rec and i not in self.pending.values()
+
+    def poll(self, free: int = 0, block: bool = False) -> None:
+        """Take in the parents trials stored (streamed), start queued parents on up to ``free``
+        slots, then take in every finished one (with ``block``, wait for at least one)."""
         import ray
 
+        if self.streamed:
+            self._watch()
         while self.queue and len(self.pending) < min(free, self.limit):
             i = self.queue.pop(0)
             config = self.space.trial_config(self.points[i]).to_dict()
@@ -116,6 +136,35 @@ class OuterStage:
                             timeout=None if block else 0)
         for ref in ready:
             self._take(ref)
+        self._maybe_finish()
+
+    def _watch(self) -> None:
+        """Take in each parent a trial has stored and evaluated (its marker and metrics file)."""
+        for i in range(len(self.points)):
+            if not self._open(i) or not self._metric_files[i].is_file():
+                continue
+            marker = self._store.marker(self._keys[i])
+            if marker is None:
+                continue
+            self.records[i].update({
+                "key": self._keys[i], "metrics": json.loads(self._metric_files[i].read_text()),
+                "seconds": float(marker.get("seconds", 0.0)), "finished_at": float(marker["finished"]),
+                # trained before this stage started: by an earlier driver of the search, or another search
+                "reused": float(marker["finished"]) < self.t0_wall,
+                **{k: marker[k] for k in ("trial", "node") if k in marker}})
+            self._announce(i)
+
+    def trial_failed(self, point: dict[str, Any], error: str) -> None:
+        """The pinned trial training ``point``'s parent ended in error (after its retries): the
+        parent failed, unless the store has it (the trial failed later, in its child)."""
+        if point not in self.points or self.finished:
+            return
+        i = self.points.index(point)
+        self._watch()
+        if not self._open(i) or self._store.has(self._keys[i]):
+            return
+        self.records[i].update(error=error, finished_at=time.time())
+        self.out(f"  parent ({_label(point)}) FAILED: {error}")
         self._maybe_finish()
 
     def _take(self, ref: Any) -> None:
@@ -130,8 +179,14 @@ class OuterStage:
             rec["error"] = short_error(exc)
             self.out(f"  parent ({_label(self.points[i])}) FAILED: {rec['error']}")
             return
+        self._announce(i)
+
+    def _announce(self, i: int) -> None:
+        rec = self.records[i]
         done = sum("key" in r or "error" in r for r in self.records)
         how = "found in the store" if rec["reused"] else f"trained in {rec['seconds']:.0f}s"
+        if "trial" in rec and not rec["reused"]:
+            how += f" by {rec['trial']}"
         assert self.space.outer is not None
         metric = self.space.outer.rank_by.metric
         shown = rec["metrics"].get(metric)
@@ -141,7 +196,7 @@ class OuterStage:
             self.on_parent(rec)
 
     def _maybe_finish(self) -> None:
-        if self.finished or self.queue or self.pending:
+        if self.finished or self.queue or self.pending or any(map(self._open, range(len(self.points)))):
             return
         try:
             kept = _streamed_keep(self.records) if self.streamed else _keep(self.space, self.records)
@@ -166,7 +221,11 @@ class OuterStage:
         self.pending.clear()
 
     def drain(self) -> dict[str, Any]:
-        """Wait for every parent; the stage's record (raises UserError when none trained)."""
+        """Wait for every parent; the stage's record (raises UserError when none trained).
+        A streamed stage first queues, as tasks, the parents no trial trained."""
+        if self.streamed and not self.finished:
+            self._watch()
+            self.queue = [i for i in range(len(self.points)) if self._open(i)]
         try:
             while not self.finished:
                 self.poll(self.limit, block=True)

@@ -100,6 +100,11 @@ def trial_name(trial: Any) -> str:
     return name
 
 
+def trial_name_of(trial_id: str) -> str:
+    """The name this driver gave a Tune trial (its id when it gave none)."""
+    return _NAMES.get(str(trial_id), str(trial_id))
+
+
 def _fault_epoch(search: str, name: str) -> int | None:
     spec = os.environ.get(FAULT_ENV, "")
     if "@" not in spec:
@@ -136,6 +141,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     computes everything itself (the benchmark's baseline).
     """
     t_imports = time.perf_counter()
+    from compvae.parent_store import ParentStore
     from compvae.pipeline.timing import PhaseTimer
     from compvae.trial import (  # torch and friends: import in the worker only
         epoch_history,
@@ -212,11 +218,13 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
 
     try:
         try:
+            # a parent trained here says so in its store marker: the search's outer stage records it
+            store = ParentStore(layout.parents_dir, owner={
+                "trial": name, "node": ray.get_runtime_context().get_node_id()}) if reuse_parents else None
             timer = PhaseTimer()
             timer.process_imports = imports
             timer.add("startup", time.perf_counter() - t_start, time.thread_time() - c_start)
-            run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir,
-                      parent_store=layout.parents_dir if reuse_parents else None, progress=False,
+            run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir, parent_store=store, progress=False,
                       timer=timer, data_cache=layout.data_dir if reuse_parents else None)
         except TrialFailed as exc:
             # Caused by the knobs (empty mask, divergence): tell the driver before raising, so
