@@ -316,7 +316,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 util = res["compute"] / (res["wall"] * concurrency)
                 print(f"  run {r} {label:>8}: wall {res['wall']:7.1f} s, trial compute {res['compute']:7.1f} s, "
                       f"{res['trials']} trials / {res['epochs']} child epochs, parents trained "
-                      f"{res['parents_trained']}{' (up front)' if res['outer'] else ''}, utilisation {util:.2f}", flush=True)
+                      f"{res['parents_trained']}{' (up front)' if res['outer'] else ''}, utilisation {util:.3f}", flush=True)
                 print("      timeline: " + ", ".join(f"{k} {v:.1f}" for k, v in res["timeline"].items()), flush=True)
     finally:
         ray.shutdown()
@@ -332,7 +332,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     print(f"\n{'':>10}{'wall s':>10}{'compute s':>12}{'parents':>9}{'utilisation':>13}{'Tune overhead':>15}")
     for reuse in (True, False):
         print(f"{'reuse' if reuse else 'no reuse':>10}{med(reuse, 'wall'):>10.1f}{med(reuse, 'compute'):>12.1f}"
-              f"{med(reuse, 'parents_trained'):>9.0f}{util[reuse]:>13.2f}{1 - util[reuse]:>15.2f}")
+              f"{med(reuse, 'parents_trained'):>9.0f}{util[reuse]:>13.3f}{1 - util[reuse]:>15.3f}")
     print("utilisation = sum(trial compute s) / (wall s x concurrency); Tune overhead = 1 - utilisation")
     print("\nwhere a trial's seconds go (timings.json breakdown; child epochs = child_train + epoch_eval + "
           "checkpoint + report, the rest is per-trial fixed cost):")
