@@ -259,19 +259,27 @@ def test_outer_keep_ranks_by_the_parent_metric_and_drops_failed_parents(tiny_spa
         _keep(plain, _records((1.0, None), (2.0, None), (4.0, None)))
 
 
+def _streamed_space(tmp: Path, tiny_space: dict[str, Any], knob: str, values: list[Any],
+                    num_samples: int = NUM_TRIALS) -> Path:
+    """A random-sampler space whose outer level is ``knob`` (streamed: pinned trials train the
+    parents), 2 trials at a time, no ASHA; written to ``tmp/space.yaml``."""
+    space = dict(tiny_space)
+    space["params"] = {knob: {"choice": values}, "child.beta": {"uniform": [1.0, 2.0]}}
+    space["outer"] = {"params": [knob]}
+    space["search"] = {**space["search"], "sampler": "random", "num_samples": num_samples, "max_concurrent": 2,
+                       "scheduler": "none"}
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
 # ---- a streamed outer stage: each parent trained by its pinned first trial ------------------------
 def test_streamed_outer_stage_has_each_parent_trained_by_its_pinned_trial(ray_local, tmp_path, tiny_space):
     """Without ``keep`` no Ray task trains a parent: the first two trials (pinned to the parents in
     order) start at once and each trains its own through the store, which the stage watches and
     records (who trained it, where, how long); each parent's curve is on the search run and every
     later trial reuses a stored parent."""
-    space = dict(tiny_space)
-    space["params"] = {"parent.epochs": {"choice": [1, 40]}, "child.beta": {"uniform": [1.0, 2.0]}}
-    space["outer"] = {"params": ["parent.epochs"]}
-    space["search"] = {**space["search"], "sampler": "random", "num_samples": NUM_TRIALS, "max_concurrent": 2,
-                       "scheduler": "none"}
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = _streamed_space(tmp_path, tiny_space, "parent.epochs", [1, 40])
     layout, summaries = _search(tmp_path, path, "streamed")
     record = load_record(layout)
     assert record is not None and record["streamed"] is True and record["kept"] is None
@@ -307,13 +315,7 @@ def test_streamed_parent_that_fails_in_its_pinned_trial_is_dropped_and_the_rest_
                                                                                          tiny_space):
     """A parent that diverges in its pinned trial fails that trial (not retried) and is recorded as
     the stage's failed parent, with the trial's error; the later trials stay on the one that trained."""
-    space = dict(tiny_space)
-    space["params"] = {"parent.lr": {"choice": [0.001, 1.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
-    space["outer"] = {"params": ["parent.lr"]}
-    space["search"] = {**space["search"], "sampler": "random", "num_samples": NUM_TRIALS, "max_concurrent": 2,
-                       "scheduler": "none"}
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = _streamed_space(tmp_path, tiny_space, "parent.lr", [0.001, 1.0])
     assert main(["launch", str(path), "--storage", str(tmp_path / "s"), "--name", "onefails"]) == 0
     layout = SearchLayout(tmp_path / "s" / "onefails")
     record = load_record(layout)
@@ -333,13 +335,7 @@ def test_streamed_parent_that_fails_in_its_pinned_trial_is_dropped_and_the_rest_
 
 def test_streamed_stage_whose_every_parent_fails_ends_the_search_with_one_line(ray_local, tmp_path, tiny_space,
                                                                               capsys):
-    space = dict(tiny_space)
-    space["params"] = {"parent.lr": {"choice": [0.5, 1.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
-    space["outer"] = {"params": ["parent.lr"]}
-    space["search"] = {**space["search"], "sampler": "random", "num_samples": NUM_TRIALS, "max_concurrent": 2,
-                       "scheduler": "none"}
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = _streamed_space(tmp_path, tiny_space, "parent.lr", [0.5, 1.0])
     assert main(["launch", str(path), "--storage", str(tmp_path / "s"), "--name", "allfail"]) == 2
     err = capsys.readouterr().err
     assert "outer level: every parent failed to train (first: parent.lr=0.5: trial_00000: TrainingDiverged" in err
@@ -351,13 +347,7 @@ def test_streamed_stage_whose_every_parent_fails_ends_the_search_with_one_line(r
 def test_streamed_stage_with_fewer_trials_than_parents_trains_the_rest_as_tasks(ray_local, tmp_path, tiny_space):
     """One trial, two outer parents: the pinned trial trains the first; the second, which no trial
     needed, is trained by the stage at the end (a Ray task), so ``outer.json`` covers both."""
-    space = dict(tiny_space)
-    space["params"] = {"parent.beta": {"choice": [1.0, 2.0]}, "child.beta": {"uniform": [1.0, 2.0]}}
-    space["outer"] = {"params": ["parent.beta"]}
-    space["search"] = {**space["search"], "sampler": "random", "num_samples": 1, "max_concurrent": 2,
-                       "scheduler": "none"}
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = _streamed_space(tmp_path, tiny_space, "parent.beta", [1.0, 2.0], num_samples=1)
     assert main(["launch", str(path), "--storage", str(tmp_path / "s"), "--name", "fewer"]) == 0
     layout = SearchLayout(tmp_path / "s" / "fewer")
     record = load_record(layout)
