@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from compvae import __version__
@@ -107,6 +108,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from search.analysis.progress import progress, searches_in
     from search.layout import storage_root
 
+    if args.storage is not None and not Path(args.storage).expanduser().is_dir():
+        # a mistyped folder would otherwise read as "no searches" (exit 0)
+        raise UserError(f"--storage {args.storage}: no such folder; give the folder the searches were "
+                        "launched in (launch --storage), or leave it out for the default")
     layouts = searches_in(args.storage)
     if not layouts:
         print(f"no searches in {storage_root(args.storage)}")

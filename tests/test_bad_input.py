@@ -193,6 +193,7 @@ def test_search_launch_bad_files(what, write_space, tmp_path, capsys, monkeypatc
     (["launch", "SPACE", "--address", "127.0.0.1:1"],
      ["--address 127.0.0.1:1: cannot join a Ray cluster there", "ray start --head"]),
     (["launch", "SPACE", "--address", "no-port"], ["--address no-port: expected HOST:PORT"]),
+    (["ls"], ["/s: no such folder; give the folder the searches were launched in"]),
 ])
 def test_search_cli_bad_arguments(args, fragments, write_space, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
