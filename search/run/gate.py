@@ -22,7 +22,8 @@ from search.layout import SearchLayout
 from search.run.trainable import trial_name_of
 
 #: The live outer stage of each search this driver runs, by search folder. The gate holds only
-#: the folder (it is pickled with the Tuner); the stage, with its Ray task handles, stays here.
+#: the folder (it is pickled with the Tuner); the stage, with its store handle and any Ray task
+#: handles, stays here.
 _LIVE: dict[str, Any] = {}
 
 
@@ -103,7 +104,9 @@ class ParentGate(ConcurrencyLimiter):
             chosen = point if point is not None else {k: config.get(k) for k in self.points[0]}
             self.pinned[repr(chosen)] = self.pinned.get(repr(chosen), 0) + 1
             if in_order:
-                self.pin_of = {**(self.pin_of or {}), trial_id: dict(chosen)}
+                if self.pin_of is None:  # a gate pickled before pins were recorded
+                    self.pin_of = {}
+                self.pin_of[trial_id] = dict(chosen)
             self.next_pin += in_order
         return config
 
@@ -119,7 +122,7 @@ class ParentGate(ConcurrencyLimiter):
         point = (self.pin_of or {}).get(trial_id)
         if point is None:
             return
-        stage = self._stage()  # a pinned trial's first result: its parent is stored, take it in
+        stage = self._stage()  # a pinned trial reports only once its parent is stored: take it in
         if FINAL_FAILURE in result and stage is not None and not stage.finished:
             # the trial raises next, and is not retried (search.tracking.summary): its error is the parent's
             stage.trial_failed(point, f"{trial_name_of(trial_id)}: {result[FINAL_FAILURE]}")

@@ -103,18 +103,11 @@ class OuterStage:
             f"{min(self.limit, len(self.points))} at a time")
 
     @property
-    def in_flight(self) -> int:
-        return len(self.pending)
-
-    @property
     def finished(self) -> bool:
         return self.record is not None or self.error is not None
 
-    def ready(self) -> list[dict[str, Any]]:
-        """The points whose parent is trained (in the space's order)."""
-        return [r["values"] for r in self.records if "metrics" in r and "error" not in r]
-
     def _open(self, i: int) -> bool:
+        """Whether point ``i`` has no outcome yet and no task in flight (queued, or left to a trial)."""
         rec = self.records[i]
         return "key" not in rec and "error" not in rec and i not in self.pending.values()
 
@@ -196,7 +189,7 @@ class OuterStage:
             self.on_parent(rec)
 
     def _maybe_finish(self) -> None:
-        if self.finished or self.queue or self.pending or any(map(self._open, range(len(self.points)))):
+        if self.finished or self.pending or any(map(self._open, range(len(self.points)))):  # queued ones are open
             return
         try:
             kept = _streamed_keep(self.records) if self.streamed else _keep(self.space, self.records)
