@@ -60,11 +60,22 @@ def trimmed_space(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return space
 
 
+def trial_end(last_result: dict[str, Any], folder: Path) -> float:
+    """When a trial's function last worked, in epoch seconds: the latest of its last Tune result's
+    ``timestamp`` and the trial's ``timings.json`` (written just before each epoch's report) and
+    ``metrics.json`` (a complete trial writes figures and weights after its last epoch, which
+    Tune's ``time_total_s`` would miss). Why not the timestamp alone: Tune fills it with whole
+    seconds (``int(time.time())``), which cut up to a second off every trial ASHA stopped."""
+    end = float(last_result.get("timestamp", 0.0))
+    for name in ("timings.json", "metrics.json"):
+        if (folder / name).is_file():
+            end = max(end, (folder / name).stat().st_mtime)
+    return end
+
+
 def trial_intervals(layout_root: Path) -> list[tuple[float, float]]:
     """Each trial's (start, end) in epoch seconds: from its function's start (first
-    ``attempts.jsonl`` line) to its end, the later of its last Tune result and its
-    ``metrics.json`` (a complete trial writes figures and weights after its last report, which
-    Tune's ``time_total_s`` would miss)."""
+    ``attempts.jsonl`` line) to :func:`trial_end`."""
     import json
 
     from ray.tune import ExperimentAnalysis
@@ -76,13 +87,11 @@ def trial_intervals(layout_root: Path) -> list[tuple[float, float]]:
             continue
         folder = layout_root / "trials" / (t.custom_trial_name or str(t))
         attempts = folder / "attempts.jsonl"
-        end = float(t.last_result.get("timestamp", 0.0))
+        end = trial_end(t.last_result, folder)
         if not attempts.is_file():
             out.append((end - float(t.last_result.get("time_total_s", 0.0)), end))
             continue
         start = json.loads(attempts.read_text().splitlines()[0])["time"]
-        if (folder / "metrics.json").is_file():
-            end = max(end, (folder / "metrics.json").stat().st_mtime)
         out.append((start, max(end, start)))
     return out
 

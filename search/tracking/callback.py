@@ -69,6 +69,7 @@ class MlflowCallback(Callback):
         self._last_epoch: dict[str, int] = {}
         self._constants: dict[str, dict[str, float]] = {}  # parent/*, mask/* values logged per trial
         self._linked: set[str] = set()  # trials whose Optuna trial names their run
+        self._study: Any = None  # loaded once: a load per trial start was on every trial's handover
 
     @property
     def tracker(self) -> MlflowTracker:
@@ -127,7 +128,9 @@ class MlflowCallback(Callback):
         from compvae.compat import set_study_trial_attrs
 
         try:
-            study = optuna.load_study(study_name=self.study_name, storage=self.optuna_url)
+            if self._study is None:
+                self._study = optuna.load_study(study_name=self.study_name, storage=self.optuna_url)
+            study = self._study
             match = [t for t in study.get_trials(deepcopy=False)
                      if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial.trial_id]
             if not match:

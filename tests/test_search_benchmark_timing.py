@@ -1,0 +1,39 @@
+"""benchmarks/search.py's clock: a trial's end is measured to the sub-second, not Tune's whole seconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "benchmarks" / "search.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _touch(path: Path, when: float) -> None:
+    path.write_text("{}")
+    os.utime(path, (when, when))
+
+
+def test_a_stopped_trial_ends_at_its_last_timings_write_not_the_whole_second_before(tmp_path):
+    bench = _load()
+    # ASHA stopped it after an epoch whose report came at 1000.8 s: Tune's timestamp says 1000
+    _touch(tmp_path / "timings.json", 1000.8)
+    assert abs(bench.trial_end({"timestamp": 1000}, tmp_path) - 1000.8) < 1e-6
+
+
+def test_a_complete_trial_ends_at_its_metrics_file_and_a_bare_one_at_its_timestamp(tmp_path):
+    bench = _load()
+    _touch(tmp_path / "timings.json", 1000.4)
+    _touch(tmp_path / "metrics.json", 1003.25)  # outputs written after the last epoch
+    assert abs(bench.trial_end({"timestamp": 1000}, tmp_path) - 1003.25) < 1e-6
+    assert bench.trial_end({"timestamp": 1000}, tmp_path / "none") == 1000.0
+    # a file older than the timestamp (a trial resumed after its outputs existed) does not pull it back
+    assert bench.trial_end({"timestamp": 1010}, tmp_path) == 1010.0
