@@ -97,6 +97,9 @@ class _Stage:
         self.failures.append((point, error))
         self.records.append({"values": point, "error": error})
 
+    def store(self, point):  # a pinned trial stored its parent and the stage took it in
+        self.records.append({"values": point, "key": repr(point)})
+
 
 def _outer_gate(tiny_space, tmp_path, sampler, root):
     from search.run import gate
@@ -134,6 +137,7 @@ def test_gate_pins_the_first_trials_to_the_outer_parents_and_tells_the_stage_a_p
         polls = stage.polls
         g.on_trial_result("t1", {"child/mig": 0.1, "epoch": 1})
         assert stage.polls == polls + 1  # a pinned trial's result: its parent is stored, take it in
+        stage.store({"parent.beta": 1.0})
         _done(g, "t1")
         g.on_trial_result("t2", {FINAL_FAILURE: "TrainingDiverged: loss is nan"})  # then it raises
         assert stage.failures == [({"parent.beta": 2.0}, "t2: TrainingDiverged: loss is nan")]
@@ -154,6 +158,32 @@ def test_gate_pins_the_first_trials_to_the_outer_parents_and_tells_the_stage_a_p
     study = optuna.load_study(study_name="s", storage=url)
     assert [t.params["parent.beta"] for t in study.trials[:3]] == [1.0, 2.0, 4.0]  # the study recorded the pins
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # no pin left over
+
+
+def test_gate_holds_later_trials_off_a_parent_still_training_once_another_parent_failed(tiny_space, tmp_path):
+    """With a parent failed, a later trial goes only to a parent already stored: one still training
+    in its pinned trial may fail too (seen: a third trial started on it, then failed with it)."""
+    from ray.tune.search import Searcher
+
+    from search.run import gate
+
+    root = str(tmp_path)
+    g, _ = _outer_gate(tiny_space, tmp_path, "tpe", root)
+    try:
+        gate.register(root, stage := _Stage())
+        assert [g.suggest(t)["parent.beta"] for t in ("t1", "t2")] == [1.0, 2.0]
+        stage.trial_failed({"parent.beta": 1.0}, "t1: TrainingDiverged")
+        g.on_trial_complete("t1", error=True)
+        assert g.suggest("t3")["parent.beta"] == 4.0  # a pin trains its own parent: not held
+        stage.trial_failed({"parent.beta": 4.0}, "t3: TrainingDiverged")
+        g.on_trial_complete("t3", error=True)
+        assert g.suggest("t4") is None and g.suggest("t4") is None  # 2.0 is still training in t2
+        stage.store({"parent.beta": 2.0})
+        assert g.suggest("t4")["parent.beta"] == 2.0
+        stage.error = "outer level: every parent failed to train"
+        assert g.suggest("t5") == Searcher.FINISHED
+    finally:
+        gate.unregister(root)
 
 
 def test_gate_configs_are_the_same_with_and_without_a_streamed_stage(tiny_space, tmp_path):

@@ -93,6 +93,11 @@ class ParentGate(ConcurrencyLimiter):
             point: dict[str, Any] | None = self.points[self.next_pin]
         elif failed:  # the rest of the search stays on the parents that trained
             ok = [p for p in self.points if repr(p) not in failed]
+            if stage is not None:  # not on one still training in its pinned trial: it may fail too
+                stored = {repr(r["values"]) for r in stage.records if "key" in r}
+                ok = [p for p in ok if repr(p) in stored]
+            if not ok:
+                return None  # asked again on Tune's next step: by then one is stored, or all failed
             point = min(ok, key=lambda p: (self.pinned.get(repr(p), 0), ok.index(p)))
         else:
             point = None  # the sampler chooses (a parent still training: the trial waits for it)
