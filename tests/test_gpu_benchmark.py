@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _benchmarks import load_benchmark
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the benchmark would run")
 def test_without_a_gpu_it_says_so_and_does_not_fail(capsys):
-    bench = _load()
+    bench = load_benchmark("gpu")
     assert bench.main([]) == 0
     out = capsys.readouterr().out
     assert "needs a CUDA GPU" in out and "nothing was measured" in out
@@ -32,7 +20,7 @@ def test_its_trials_are_the_paper_preset_trimmed_only_in_size():
 
     from compvae.config import preset
 
-    bench = _load()
+    bench = load_benchmark("gpu")
     args = argparse.Namespace(num_train=4096, parent_epochs=1, child_epochs=2, full_eval=False)
     cfg, paper = bench.trial_config(args), preset("paper").to_dict()
     for section, key in (("parent", "resolution"), ("child", "resolution"), ("child", "batch_size"),

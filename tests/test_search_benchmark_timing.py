@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "benchmarks" / "search.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _benchmarks import load_benchmark
 
 
 def _touch(path: Path, when: float) -> None:
@@ -23,14 +14,14 @@ def _touch(path: Path, when: float) -> None:
 
 
 def test_a_stopped_trial_ends_at_its_last_timings_write_not_the_whole_second_before(tmp_path):
-    bench = _load()
+    bench = load_benchmark("search")
     # ASHA stopped it after an epoch whose report came at 1000.8 s: Tune's timestamp says 1000
     _touch(tmp_path / "timings.json", 1000.8)
     assert abs(bench.trial_end({"timestamp": 1000}, tmp_path) - 1000.8) < 1e-6
 
 
 def test_a_complete_trial_ends_at_its_metrics_file_and_a_bare_one_at_its_timestamp(tmp_path):
-    bench = _load()
+    bench = load_benchmark("search")
     _touch(tmp_path / "timings.json", 1000.4)
     _touch(tmp_path / "metrics.json", 1003.25)  # outputs written after the last epoch
     assert abs(bench.trial_end({"timestamp": 1000}, tmp_path) - 1003.25) < 1e-6
