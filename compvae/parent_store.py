@@ -10,6 +10,11 @@ second trial needing the same parent blocks on the lock and then finds it finish
 drops the lock when its holder dies, so a crashed trainer never wedges the search; its
 partial work (``<key>.partial/parent_trainer.pt``) lets the next claimant resume rather than
 restart. POSIX locks also work on NFS-style shared storage that a Ray cluster would use.
+
+A parent whose training raises :class:`~compvae.errors.TrialFailed` (it diverged: a property of
+its knobs, so training it again fails the same way) leaves ``<key>.failed``. A trial that was
+waiting on the lock, or that starts later, then fails at once with the recorded error instead of
+spending its slot on the same divergence. A worker that dies leaves no marker: it is retried.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from compvae import __version__
+from compvae import __version__, errors
 from compvae.config import TrialConfig
+from compvae.io import atomic_write_text
 
 _PACKAGE = Path(__file__).resolve().parent
 # Source that determines a trained parent's weights (not metrics, masks or the child).
@@ -102,15 +108,36 @@ class ParentStore:
         except FileNotFoundError:
             return None
 
+    def failure(self, key: str) -> dict | None:
+        """The record a parent's failed training left (``error``, ``message``, ``finished`` and the
+        owner's fields), or None."""
+        try:
+            return json.loads((self.root / f"{key}.failed").read_text())
+        except FileNotFoundError:
+            return None
+
+    def _raise_if_failed(self, key: str) -> None:
+        record = self.failure(key)
+        if record is None:
+            return
+        cls = getattr(errors, str(record.get("error")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.TrialFailed)):
+            cls = errors.TrialFailed
+        who = f" in {record['trial']}" if record.get("trial") else ""
+        raise cls(f"parent {key} failed{who}: {record.get('message', '')} "
+                  f"(delete {self.root / f'{key}.failed'} to train it again)")
+
     def get_or_train(
         self, key: str, train_into: Callable[[Path], None], log: Callable[[str], None] = lambda s: None
     ) -> tuple[Path, bool]:
         """Return (directory of the finished parent, reused?). Trains it via
-        ``train_into(partial_dir)`` if nobody has; waits if another process is training it."""
+        ``train_into(partial_dir)`` if nobody has; waits if another process is training it.
+        Raises the recorded :class:`~compvae.errors.TrialFailed` if its training failed before."""
         final = self.path(key)
         if self.has(key):
             log(f"parent {key} reused from {self.root}")
             return final, True
+        self._raise_if_failed(key)
         lock_path = self.root / f"{key}.lock"
         with open(lock_path, "a+") as lock:
             t0 = time.perf_counter()
@@ -123,11 +150,18 @@ class ParentStore:
             try:
                 if self.has(key):
                     return final, True
+                self._raise_if_failed(key)  # it failed in the trial this one waited on
                 partial = self.root / f"{key}.partial"
                 partial.mkdir(exist_ok=True)
                 log(f"parent {key} training (store {self.root})")
                 started = time.perf_counter()
-                train_into(partial)
+                try:
+                    train_into(partial)
+                except errors.TrialFailed as exc:  # deterministic: the next claimant would fail too
+                    atomic_write_text(self.root / f"{key}.failed", json.dumps({
+                        "error": type(exc).__name__, "message": errors.first_line(exc),
+                        "finished": time.time(), **self.owner}))
+                    raise
                 (partial / "DONE").write_text(json.dumps({
                     "finished": time.time(), "seconds": time.perf_counter() - started, **self.owner}))
                 if final.exists():  # a stale, unfinished directory from an older layout
