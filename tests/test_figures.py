@@ -156,3 +156,16 @@ def test_uint8_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     x8 = (x * 255).round().to(torch.uint8)
     as_uint8 = read_png(reconstruction_figure(x8, x8.numpy(), tmp_path / "u.png"), 2, 3)
     assert float(np.abs(as_float - as_uint8).max()) < 0.05
+
+
+def test_the_trial_code_leaves_matplotlib_to_the_trials_that_draw() -> None:
+    """A search worker imports the trial code before its first trial; most trials are stopped
+    early and draw nothing, so Matplotlib (~0.5 s of a worker's start on 2 cores) waits for
+    the first figure. Checked in a fresh interpreter: this test process has it loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, compvae.trial, search.run.trainable\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from compvae import figures
 from compvae.child import (
     child_input,
     image_channels_of,
@@ -74,6 +73,8 @@ def write_timings(out: Path, metrics: dict[str, float], timer: PhaseTimer) -> No
 @torch.no_grad()
 def write_mask_figure(fig_dir: Path, cfg: TrialConfig, data: TrialData, masker: Masker) -> Path:
     """The mask pipeline alone: what a trial that failed on an empty mask leaves to look at."""
+    from compvae import figures  # Matplotlib: imported by the trials that draw (see write_figures)
+
     fig_dir.mkdir(parents=True, exist_ok=True)
     n = min(cfg.eval.num_figure_images, len(data.test_child))
     x_child = data.test_child[:n]
@@ -85,6 +86,10 @@ def write_mask_figure(fig_dir: Path, cfg: TrialConfig, data: TrialData, masker: 
 @torch.no_grad()
 def write_figures(fig_dir: Path, cfg: TrialConfig, data: TrialData, parent: VAE, child: VAE,
                   masker: Masker) -> list[Path]:
+    """A finished trial's figures. Matplotlib is imported here, not with the trial code: most
+    search trials are stopped early and draw nothing, so their worker never pays its import."""
+    from compvae import figures
+
     fig_dir.mkdir(parents=True, exist_ok=True)
     n = min(cfg.eval.num_figure_images, len(data.test_child))
     x_child = data.test_child[:n]
