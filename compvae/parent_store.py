@@ -30,7 +30,7 @@ from pathlib import Path
 
 from compvae import __version__, errors
 from compvae.config import TrialConfig
-from compvae.io import atomic_write_text
+from compvae.io import atomic_write_json
 
 _PACKAGE = Path(__file__).resolve().parent
 # Source that determines a trained parent's weights (not metrics, masks or the child).
@@ -81,6 +81,14 @@ def stored_metrics_path(cfg: TrialConfig, parent_dir: Path) -> Path:
     return parent_dir / f"metrics-{eval_key}.json"
 
 
+def _read_record(path: Path) -> dict | None:
+    """A store record (a JSON file), or None when it is not there."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
 class ParentStore:
     """Directory of finished parents: ``<root>/<key>/parent.pt`` plus a ``DONE`` marker.
 
@@ -103,18 +111,15 @@ class ParentStore:
     def marker(self, key: str) -> dict | None:
         """A finished parent's ``DONE`` record (``finished``, ``seconds`` and the owner's fields;
         only ``finished`` for a parent stored before they were recorded), or None."""
-        try:
-            return json.loads((self.path(key) / "DONE").read_text())
-        except FileNotFoundError:
-            return None
+        return _read_record(self.path(key) / "DONE")
 
     def failure(self, key: str) -> dict | None:
         """The record a parent's failed training left (``error``, ``message``, ``finished`` and the
         owner's fields), or None."""
-        try:
-            return json.loads((self.root / f"{key}.failed").read_text())
-        except FileNotFoundError:
-            return None
+        return _read_record(self._failed_path(key))
+
+    def _failed_path(self, key: str) -> Path:
+        return self.root / f"{key}.failed"
 
     def _raise_if_failed(self, key: str) -> None:
         record = self.failure(key)
@@ -125,7 +130,7 @@ class ParentStore:
             cls = errors.TrialFailed
         who = f" in {record['trial']}" if record.get("trial") else ""
         raise cls(f"parent {key} failed{who}: {record.get('message', '')} "
-                  f"(delete {self.root / f'{key}.failed'} to train it again)")
+                  f"(delete {self._failed_path(key)} to train it again)")
 
     def get_or_train(
         self, key: str, train_into: Callable[[Path], None], log: Callable[[str], None] = lambda s: None
@@ -158,9 +163,9 @@ class ParentStore:
                 try:
                     train_into(partial)
                 except errors.TrialFailed as exc:  # deterministic: the next claimant would fail too
-                    atomic_write_text(self.root / f"{key}.failed", json.dumps({
+                    atomic_write_json(self._failed_path(key), {
                         "error": type(exc).__name__, "message": errors.first_line(exc),
-                        "finished": time.time(), **self.owner}))
+                        "finished": time.time(), **self.owner})
                     raise
                 (partial / "DONE").write_text(json.dumps({
                     "finished": time.time(), "seconds": time.perf_counter() - started, **self.owner}))
