@@ -9,7 +9,8 @@ reuse/no-reuse <= 0.55, utilisation with reuse >= 0.92, and a reused trial's non
 (its ``timings.json`` breakdown: everything but the child's epochs) <= 15%.
 
 Ray Tune's overhead is judged by utilisation = sum of trial compute seconds (each trial
-function's own wall time, start to finish, outputs included, plus the seconds of each parent
+function's own wall time, start to finish, outputs included, less its time inside ``tune.report``
+waiting for the driver (a result ASHA holds waits there), plus the seconds of each parent
 a space's outer level trained as a Ray task; a streamed stage's parents are trained inside
 their pinned trials, so within those trials' own time) divided by wall seconds x
 concurrency; overhead = 1 - utilisation (scheduling, trial start-up, the
@@ -250,11 +251,17 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
 
         rec = json.loads(outer_file.read_text())
         outer_span = {"end": outer_file.stat().st_mtime, "seconds": rec["seconds"], "streamed": rec.get("streamed")}
+    breakdowns = trial_breakdowns(outcome.layout.root)
+    # Time inside tune.report is the driver's round trip, not the trial's work: a result the
+    # trial-order ASHA holds (search/run/asha.py) waits there for an earlier trial's result.
+    waiting = sum(b.get("report_seconds", 0.0) for b in breakdowns)
+    line = timeline(wall_start, wall_end, intervals, outer_span, concurrency)
+    line["waiting in report slot-s"] = waiting
     return {
         "wall": wall,
-        "breakdowns": trial_breakdowns(outcome.layout.root),
-        "timeline": timeline(wall_start, wall_end, intervals, outer_span, concurrency),
-        "compute": sum(compute) + sum(p.get("seconds", 0.0) for p in outer),
+        "breakdowns": breakdowns,
+        "timeline": line,
+        "compute": sum(compute) - waiting + sum(p.get("seconds", 0.0) for p in outer),
         "trials": len(summaries),
         "outer": len(outer),
         "parents_trained": (sum(s.metrics.get("parent/reused", 0.0) == 0.0 for s in summaries)

@@ -114,6 +114,21 @@ def tune_stop_retries(trial: Any) -> None:
     trial.max_failures = 0
 
 
+def tune_resume_held_trial(controller: Any, trial: Any) -> None:
+    """Send the next ``train()`` to a trial its scheduler answered ``NOOP`` (held, no future in
+    flight): Tune has no public call for it, so the wrapped controller's ``_tune_controller`` and
+    its ``_schedule_trial_train`` are used, as Tune's own CONTINUE does."""
+    import ray
+
+    _check("ray", ray.__version__, RAY_TESTED, "TuneController._schedule_trial_train")
+    real = getattr(controller, "_tune_controller", controller)
+    schedule = getattr(real, "_schedule_trial_train", None)
+    if schedule is None:
+        raise RuntimeError(f"ray {ray.__version__}: Tune's controller has no _schedule_trial_train; "
+                           "check compvae/compat.py for this release")
+    schedule(trial)
+
+
 def optuna_search_state(searcher: Any) -> tuple[dict[str, Any], Any, set[str]]:
     """Ray's OptunaSearch keeps its live Optuna trials, study and finished trial ids private
     (``_ot_trials``, ``_ot_study``, ``_completed_trials``); a subclass reporting per-epoch values

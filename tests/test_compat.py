@@ -70,6 +70,23 @@ def test_tune_stop_retries():
         compat.tune_stop_retries(object())
 
 
+def test_tune_resume_held_trial_reaches_the_controllers_train_call():
+    """Schedulers get Tune's controller wrapped; the resume must reach the real one's call."""
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    assert callable(TuneController._schedule_trial_train)
+    calls = []
+
+    class Controller:
+        def _schedule_trial_train(self, trial):
+            calls.append(trial)
+
+    compat.tune_resume_held_trial(TrialRunnerWrapper(Controller(), trial_executor=None), "trial")
+    assert calls == ["trial"]
+    with pytest.raises(RuntimeError, match="_schedule_trial_train"):
+        compat.tune_resume_held_trial(object(), "trial")
+
+
 def test_optuna_search_state_reads_the_searchers_live_trials():
     import optuna
     from ray.tune.search.optuna import OptunaSearch

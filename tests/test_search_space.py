@@ -83,6 +83,8 @@ BAD = [
     ("bad sampler", _with("search/sampler", "cmaes"), "search.sampler"),
     ("bad scheduler", _with("search/scheduler", "hyperband"), "search.scheduler: expected 'asha', 'none'"),
     ("asha metric without mode", _with("search/scheduler", {"metric": "child/mig"}), "give both scheduler.metric"),
+    ("bad asha order", _with("search/scheduler", {"order": "random"}),
+     "search.scheduler.order: Input should be 'trial' or 'arrival' (got 'random')"),
     ("fractional gpus above one", _with("search/resources", {"gpus": 1.5}), "search.resources: gpus above 1 must be a whole number"),
     ("negative gpus", _with("search/resources", {"gpus": -1}), "search.resources.gpus"),
     ("cuda without gpus", _with("base", {"train": {"device": "cuda"}}), "train.device cuda needs search.resources.gpus > 0"),

@@ -31,6 +31,12 @@ def _scheduler(space: SearchSpace) -> Any:
         return FIFOScheduler()
     metric, mode = space.scheduler_metric()
     max_t = space.max_epochs
+    if asha.order == "trial":
+        from search.run.asha import TrialOrderAsha
+
+        return TrialOrderAsha(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
+                              grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor,
+                              brackets=asha.brackets, seed=space.search.seed)
     # stop_last_trials=False: a trial at its last epoch must run on to write its outputs.
     return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
                          grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor,

@@ -127,6 +127,10 @@ class AshaSettings(_Strict):
     grace_period: int = Field(1, ge=1, description="child epochs before the first cut")
     reduction_factor: float = Field(2.0, gt=1)
     brackets: int = Field(1, ge=1, le=8)
+    # trial: each trial judged against the trials created before it (a result that comes early
+    # waits for theirs), so the same space and seed cut the same trials on every run;
+    # arrival: Tune's ASHA, judging each result against the rung as it stands when it arrives.
+    order: Literal["trial", "arrival"] = "trial"
     metric: str | None = None
     mode: Literal["min", "max"] | None = None
 

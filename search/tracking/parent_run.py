@@ -41,7 +41,7 @@ def search_settings(space: SearchSpace, address: str | None) -> dict[str, str]:
         "search.max_concurrent": str(s.max_concurrent),
         "search.scheduler": ("none" if s.scheduler is None else
                              f"asha(grace_period={s.scheduler.grace_period}, "
-                             f"reduction_factor={s.scheduler.reduction_factor:g}, "
+                             f"reduction_factor={s.scheduler.reduction_factor:g}, order={s.scheduler.order}, "
                              f"metric={space.scheduler_metric()[0]})"),
         "search.resources": f"cpus={s.resources.cpus:g}, gpus={s.resources.gpus:g}",
         "search.max_failures": str(s.max_failures),
