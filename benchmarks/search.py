@@ -74,27 +74,45 @@ def trial_end(last_result: dict[str, Any], folder: Path) -> float:
     return end
 
 
-def trial_intervals(layout_root: Path) -> list[tuple[float, float]]:
-    """Each trial's (start, end) in epoch seconds: from its function's start (first
+def trial_intervals(layout_root: Path) -> dict[str, tuple[float, float]]:
+    """Each trial's (start, end) in epoch seconds, by trial name: from its function's start (first
     ``attempts.jsonl`` line) to :func:`trial_end`."""
     import json
 
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(layout_root / "tune"))
-    out = []
+    out = {}
     for t in analysis.trials:
         if not t.last_result:
             continue
-        folder = layout_root / "trials" / (t.custom_trial_name or str(t))
+        name = t.custom_trial_name or str(t)
+        folder = layout_root / "trials" / name
         attempts = folder / "attempts.jsonl"
         end = trial_end(t.last_result, folder)
         if not attempts.is_file():
-            out.append((end - float(t.last_result.get("time_total_s", 0.0)), end))
+            out[name] = (end - float(t.last_result.get("time_total_s", 0.0)), end)
             continue
         start = json.loads(attempts.read_text().splitlines()[0])["time"]
-        out.append((start, max(end, start)))
+        out[name] = (start, max(end, start))
     return out
+
+
+def in_order_ceiling(seconds: list[float], slots: int) -> tuple[float, float]:
+    """The utilisation and tail these trials allow with no overhead at all: each started, in
+    creation order, on the first slot to free up (as Tune starts them) and taking its measured
+    compute seconds. What no scheduling of the same trials in that order can beat."""
+    free = [0.0] * slots
+    ends = []
+    for s in seconds:
+        i = min(range(slots), key=free.__getitem__)
+        free[i] += s
+        ends.append(free[i])
+    span = max(free)
+    if span <= 0:
+        return 1.0, 0.0
+    ends.sort()
+    return sum(seconds) / (slots * span), (span - ends[-slots] if len(ends) >= slots else span)
 
 
 def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]], outer: dict[str, Any] | None,
@@ -123,13 +141,13 @@ def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]],
     return out
 
 
-def trial_breakdowns(layout_root: Path) -> list[dict[str, float]]:
+def trial_breakdowns(layout_root: Path) -> dict[str, dict[str, float]]:
     """Each trial's ``breakdown/...`` phases (``timings.json``, written by the trial after every
     epoch and at its end: compvae/pipeline/timing.py), with ``reused`` = 1.0 when the trial
     loaded its parent and ``finished`` = 1.0 when it ran to its last epoch (not cut by ASHA)."""
     import json
 
-    out = []
+    out = {}
     for folder in sorted((layout_root / "trials").glob("trial_*")):
         timings, summary = folder / "timings.json", folder / "summary.json"
         if not (timings.is_file() and summary.is_file()):
@@ -138,7 +156,7 @@ def trial_breakdowns(layout_root: Path) -> list[dict[str, float]]:
                   if k.startswith(PHASE_PREFIX)}
         values["reused"] = float(json.loads(summary.read_text()).get("metrics", {}).get("parent/reused", 0.0))
         values["finished"] = float((folder / "metrics.json").is_file())
-        out.append(values)
+        out[folder.name] = values
     return out
 
 
@@ -241,8 +259,8 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
     if not outcome.finished:
         raise RuntimeError(f"search {name} did not finish:\n" + "\n".join(lines[-20:]))
     summaries = TrialSummary.load_all(outcome.layout)
-    intervals = trial_intervals(outcome.layout.root)
-    compute = [e - s for s, e in intervals]
+    by_name = trial_intervals(outcome.layout.root)
+    intervals = list(by_name.values())
     outer = outer_parents(outcome.layout.root)
     outer_file = outcome.layout.outer_file
     outer_span = None
@@ -254,14 +272,18 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
     breakdowns = trial_breakdowns(outcome.layout.root)
     # Time inside tune.report is the driver's round trip, not the trial's work: a result the
     # trial-order ASHA holds (search/run/asha.py) waits there for an earlier trial's result.
-    waiting = sum(b.get("report_seconds", 0.0) for b in breakdowns)
+    waits = {name: b.get("report_seconds", 0.0) for name, b in breakdowns.items()}
+    compute = {name: e - s - waits.get(name, 0.0) for name, (s, e) in by_name.items()}
     line = timeline(wall_start, wall_end, intervals, outer_span, concurrency)
-    line["waiting in report slot-s"] = waiting
+    line["waiting in report slot-s"] = sum(waits.values())
+    ceiling, tail = in_order_ceiling([compute[n] for n in sorted(compute)], concurrency)
     return {
         "wall": wall,
-        "breakdowns": breakdowns,
+        "breakdowns": list(breakdowns.values()),
         "timeline": line,
-        "compute": sum(compute) - waiting + sum(p.get("seconds", 0.0) for p in outer),
+        "ceiling": ceiling,
+        "ceiling_tail": tail,
+        "compute": sum(compute.values()) + sum(p.get("seconds", 0.0) for p in outer),
         "trials": len(summaries),
         "outer": len(outer),
         "parents_trained": (sum(s.metrics.get("parent/reused", 0.0) == 0.0 for s in summaries)
@@ -334,6 +356,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                       f"{res['trials']} trials / {res['epochs']} child epochs, parents trained "
                       f"{res['parents_trained']}{' (up front)' if res['outer'] else ''}, utilisation {util:.3f}", flush=True)
                 print("      timeline: " + ", ".join(f"{k} {v:.1f}" for k, v in res["timeline"].items()), flush=True)
+                print(f"      the same trials in order with no overhead: utilisation {res['ceiling']:.3f}, "
+                      f"tail {res['ceiling_tail']:.1f} s", flush=True)
     finally:
         ray.shutdown()
         os.chdir(cwd)
@@ -368,10 +392,14 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     # allows, whatever the scheduling (the ratio cannot go below it unless trials get cheaper).
     bound = med(True, "compute") / med(False, "compute")
     print(f"  {'ratio at equal utilisation (compute s)':<40} {bound:>7.3f}  the floor the work itself sets")
+    ceiling = med(True, "ceiling")
+    print(f"  {'utilisation ceiling with reuse':<40} {ceiling:>7.3f}  the trials' own compute s, started in order "
+          "on the first free slot with no overhead: the most any scheduler of them reaches")
     return {"ratio": ratio, "ratio_at_equal_utilisation": bound,
             "wall_reuse": med(True, "wall"), "wall_noreuse": med(False, "wall"),
             "utilisation_reuse": util[True], "utilisation_noreuse": util[False],
-            "non_training_share_reuse": share if share is not None else float("nan")}
+            "non_training_share_reuse": share if share is not None else float("nan"),
+            "utilisation_ceiling_reuse": ceiling}
 
 
 def main(argv: list[str] | None = None) -> int:

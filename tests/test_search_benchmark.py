@@ -38,6 +38,9 @@ def test_search_benchmark_runs_both_sides_and_prints_the_targets(tmp_path):
     assert set(values) == {"utilisation with reuse", "non-training share of a reused trial",
                            "wall-time ratio reuse/no-reuse", "ratio at equal utilisation (compute s)"}, out[-3000:]
     assert 0.0 < float(values["utilisation with reuse"]) <= 1.05
+    # no scheduling of the same trials beats them run back to back in order with no overhead
+    ceiling = float(re.search(r"^  utilisation ceiling with reuse +(\d+\.\d{3})  the trials", out, flags=re.M)[1])
+    assert float(values["utilisation with reuse"]) <= ceiling + 0.001 <= 1.001, out[-3000:]
     # the ratios are those of the table's wall and compute columns (printed to 0.1 s)
     table = {side: (float(w), float(c)) for side, w, c in
              re.findall(r"^ +(reuse|no reuse) +(\d+\.\d) +(\d+\.\d) ", out, flags=re.M)}

@@ -28,3 +28,14 @@ def test_a_complete_trial_ends_at_its_metrics_file_and_a_bare_one_at_its_timesta
     assert bench.trial_end({"timestamp": 1000}, tmp_path / "none") == 1000.0
     # a file older than the timestamp (a trial resumed after its outputs existed) does not pull it back
     assert bench.trial_end({"timestamp": 1010}, tmp_path) == 1010.0
+
+
+def test_the_in_order_ceiling_is_the_schedule_tune_would_run_with_no_overhead():
+    bench = load_benchmark("search")
+    # three equal trials on two slots: the third runs alone, half the span idle on one slot
+    assert bench.in_order_ceiling([10.0, 10.0, 10.0], 2) == (0.75, 10.0)
+    # a long first trial beside two short ones: both slots busy to the end
+    assert bench.in_order_ceiling([10.0, 5.0, 5.0], 2) == (1.0, 0.0)
+    # the last trial starts when the second ends and runs on past the first's end
+    util, tail = bench.in_order_ceiling([10.0, 6.0, 8.0], 2)
+    assert (round(util, 4), tail) == (round(24 / 28, 4), 4.0)
