@@ -69,11 +69,12 @@ class TrialOrderAsha(FIFOScheduler):
         tid = trial.trial_id
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
-        rung = self._rung_of(tid, float(result[self._time_attr]))
+        t = float(result[self._time_attr])
+        rung = self._rung_of(tid, t)
         if rung is None:
             return TrialScheduler.CONTINUE
         reward = self._sign * float(result[self._metric])
-        if float(result[self._time_attr]) < self._max_t and self._holdable(tid, rung):
+        if t < self._max_t and self._holdable(tid, rung):
             self._held[tid] = (rung, reward)
             return TrialScheduler.NOOP
         action = self._judge(tid, rung, reward)
@@ -82,7 +83,6 @@ class TrialOrderAsha(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
         tid = trial.trial_id
-        self._held.pop(tid, None)
         if result and self._time_attr in result and self._metric in result:
             rung = self._rung_of(tid, float(result[self._time_attr]))
             if rung is not None:  # a rung it passed without a result there (as Tune's ASHA records)
@@ -90,11 +90,9 @@ class TrialOrderAsha(FIFOScheduler):
         self._end(tune_controller, tid)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
-        self._held.pop(trial.trial_id, None)
         self._end(tune_controller, trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
-        self._held.pop(trial.trial_id, None)
         self._end(tune_controller, trial.trial_id)
 
     def debug_string(self) -> str:
@@ -120,8 +118,7 @@ class TrialOrderAsha(FIFOScheduler):
         """Wait for earlier trials only while every one of them is running: a pending, paused
         or restarting one may need this trial's slot, so waiting on it could wait for ever."""
         blockers = self._blockers(tid, rung)
-        return bool(blockers) and all(
-            self._trials.get(j) is not None and self._trials[j].status == Trial.RUNNING for j in blockers)
+        return bool(blockers) and all(self._trials[j].status == Trial.RUNNING for j in blockers)
 
     def _judge(self, tid: str, rung: float, reward: float) -> str:
         b, me = self._bracket.get(tid, 0), self._order.get(tid, math.inf)
@@ -141,6 +138,8 @@ class TrialOrderAsha(FIFOScheduler):
         self._recorded.setdefault((self._bracket.get(tid, 0), rung), {})[tid] = reward
 
     def _end(self, tune_controller: Any, tid: str) -> None:
+        """The trial reports no more (completed, stopped, failed or removed), held or not."""
+        self._held.pop(tid, None)
         self._ended.add(tid)
         self._release(tune_controller)
 
@@ -150,21 +149,14 @@ class TrialOrderAsha(FIFOScheduler):
             return  # a stop below calls back into on_trial_complete
         self._releasing = True
         try:
-            changed = True
-            while changed:
-                changed = False
-                for tid in sorted(self._held, key=lambda j: self._order.get(j, math.inf)):
-                    rung, reward = self._held[tid]
-                    if self._holdable(tid, rung):
-                        continue
-                    del self._held[tid]
-                    changed = True
-                    trial = self._trials[tid]
-                    if self._judge(tid, rung, reward) == TrialScheduler.STOP:
-                        tune_controller.stop_trial(trial)
-                        self._ended.add(tid)
-                    else:
-                        tune_resume_held_trial(tune_controller, trial)
-                    break  # the sets changed: start again from the earliest held trial
+            # one at a time, earliest first: each judgement records a result that may free the next
+            while tid := next((j for j in sorted(self._held, key=self._order.__getitem__)
+                               if not self._holdable(j, self._held[j][0])), None):
+                rung, reward = self._held.pop(tid)
+                if self._judge(tid, rung, reward) == TrialScheduler.STOP:
+                    tune_controller.stop_trial(self._trials[tid])
+                    self._ended.add(tid)
+                else:
+                    tune_resume_held_trial(tune_controller, self._trials[tid])
         finally:
             self._releasing = False

@@ -31,16 +31,15 @@ def _scheduler(space: SearchSpace) -> Any:
         return FIFOScheduler()
     metric, mode = space.scheduler_metric()
     max_t = space.max_epochs
+    rungs = {"time_attr": "epoch", "metric": metric, "mode": mode, "max_t": max_t,
+             "grace_period": min(asha.grace_period, max_t), "reduction_factor": asha.reduction_factor,
+             "brackets": asha.brackets}
     if asha.order == "trial":
         from search.run.asha import TrialOrderAsha
 
-        return TrialOrderAsha(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                              grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor,
-                              brackets=asha.brackets, seed=space.search.seed)
+        return TrialOrderAsha(**rungs, seed=space.search.seed)
     # stop_last_trials=False: a trial at its last epoch must run on to write its outputs.
-    return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                         grace_period=min(asha.grace_period, max_t), reduction_factor=asha.reduction_factor,
-                         brackets=asha.brackets, stop_last_trials=False)
+    return ASHAScheduler(**rungs, stop_last_trials=False)
 
 
 def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extra_callbacks: Sequence[Any] = (),
