@@ -5,6 +5,8 @@ both alike) and prints its own details; this script calls them in turn and ends 
 
 * trainer: ``Trainer`` images/s over a bare PyTorch loop's (median of paired runs; target >= 0.95);
 * metrics: fast DCI seconds over faithful DCI seconds, and the disentanglement difference;
+* threads: the quick child's epoch with 2 torch threads over 1, and whether its weights match
+  (why a trial's thread count is part of its config);
 * search:  wall time of the quick search with parent reuse over without (target <= 0.55), and
   Ray Tune utilisation (trial compute s / (wall s x concurrency); overhead = 1 - utilisation).
 
@@ -34,9 +36,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 FAST = {
     "trainer": "--steps 20 --repeats 5",
     "metrics": "--num-train 3000 --num-test 1500 --faithful-n 1500 --sampling-votes 1000",
+    "threads": "--num-train 512",
     "search": "--num-samples 4 --parent-epochs 6 --child-epochs 3",
 }
-DEFAULT = {"trainer": "", "metrics": "--faithful-n 3000", "search": ""}
+DEFAULT = {"trainer": "", "metrics": "--faithful-n 3000", "threads": "", "search": ""}
 
 
 def load(name: str) -> ModuleType:
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "metrics" and result:
             rows.append(("metrics", "fast / faithful DCI seconds", result["fast_over_faithful_seconds"], "-"))
             rows.append(("metrics", "DCI disentanglement fast - faithful", result["disentanglement_diff"], "~0"))
+        elif name == "threads":
+            rows.append(("threads", "2 threads / 1 thread epoch speed", result["speedup"], "-"))
+            rows.append(("threads", "largest weight difference, 2 vs 1", result["max_weight_difference"], "0 = same"))
         elif name == "search":
             rows.append(("search", "wall reuse / no reuse", result["ratio"], "<= 0.55"))
             rows.append(("search", "Tune utilisation, reuse", result["utilisation_reuse"], ">= 0.92"))

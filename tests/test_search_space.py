@@ -128,6 +128,10 @@ BAD = [
                                            "parent.latent_dim": {"choice": [4, 6]}},
                                 "outer": {"params": ["parent.epochs", "parent.latent_dim"]}},
      "outer.params: 80 parents to train up front (at most 64)"),
+    ("more threads than CPUs", {**GOOD, "base": {"train": {"num_threads": 2}}},
+     "base train.num_threads: 2 threads on 1 CPU(s) per trial; set search.resources.cpus to 2"),
+    ("searched thread count", _with("params/train.num_threads", {"choice": [1, 2]}),
+     "params: train.num_threads is set by search.resources.cpus"),
 ]
 
 
@@ -238,3 +242,14 @@ def test_cli_rejects_non_positive_counts(capsys):
         main(["launch", "x.yaml", "--num-samples", "0"])
     assert info.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset,cpus,threads", [("quick", 1, 1), ("quick", 0.5, 1), ("paper", 4, 4),
+                                                 ("tiny", 2, 1)])
+def test_every_trial_config_names_the_threads_it_runs_with(preset, cpus, threads):
+    # a preset's 0 (torch's default) becomes the trial's CPUs; tiny's explicit 1 stays. The
+    # export and a retrain read this config, so they run with the trial's thread count.
+    data = {**GOOD, "preset": preset, "search": {**GOOD["search"], "resources": {"cpus": cpus}}}
+    space = space_from_dict(data)
+    assert space.base_dict()["train"]["num_threads"] == threads
+    assert space.trial_config({"child.beta": 2.0}).train.num_threads == threads

@@ -4,13 +4,15 @@ masks, both nuisance modes, the empty-mask path, resume and exact reproducibilit
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from compvae.child import child_target_and_weight, conditioning_gamma, conditioning_kl
 from compvae.cli import main as cli_main
-from compvae.config import ChildConfig, preset
+from compvae.config import ChildConfig, TrialConfig, preset
 from compvae.masks import EmptyMaskError
 from compvae.training import Trainer
 from compvae.trial import run_trial, split_timings
@@ -280,6 +282,29 @@ def test_cli_train_reproduces_its_own_config(tmp_path, capsys):
     # a finished run is never overwritten
     assert cli_main(["train", "--preset", "tiny", "--out", str(a)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_a_run_records_its_thread_count_and_retrains_to_its_numbers_under_another_default(tmp_path):
+    # num_threads 0 means torch's default, which OMP_NUM_THREADS sets (Ray gives each worker its
+    # CPUs): the written config names the count used, so a retrain where the default differs
+    # still gets the same numbers; the bare 0 config does not (the numbers depend on threads).
+    import subprocess
+    import sys
+
+    cfg = preset("tiny").with_updates({"train.num_threads": 0})
+    given = tmp_path / "given.yaml"
+    given.write_text(cfg.to_yaml())
+
+    def train(config: Path, out: Path, threads: int) -> dict:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-m", "compvae.cli", "train", str(config), "--out", str(out), "--quiet"],
+                       check=True, env=env, cwd=tmp_path, timeout=300)
+        return json.loads((out / "metrics.json").read_text())
+
+    first = train(given, tmp_path / "a", 1)
+    assert TrialConfig.from_yaml(tmp_path / "a" / "config.yaml").train.num_threads == 1
+    assert train(tmp_path / "a" / "config.yaml", tmp_path / "b", 2) == first
+    assert train(given, tmp_path / "c", 2) != first
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

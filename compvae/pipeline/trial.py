@@ -61,7 +61,7 @@ def run_trial(
     :class:`DataCache`) shares rendered images between the trials of a search; the metrics are
     the same with it as without.
     """
-    cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    cfg = with_threads(config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config))
     prog = Progress(progress)
     timer = timer if timer is not None else PhaseTimer()
     t_start = time.perf_counter()
@@ -183,6 +183,15 @@ def prepare_parent(config: TrialConfig | dict[str, Any], parent_store: ParentSto
 
 def _data_cache(cache: DataCache | str | Path | None) -> DataCache | None:
     return DataCache(cache) if isinstance(cache, (str, Path)) else cache
+
+
+def with_threads(cfg: TrialConfig) -> TrialConfig:
+    """``cfg`` with ``train.num_threads`` 0 (torch's default) made the count torch uses here, so
+    the ``config.yaml`` a run writes retrains with the threads it ran with (the numbers depend on
+    them: docs/design.md, "The tail and torch threads")."""
+    if cfg.train.num_threads:
+        return cfg
+    return cfg.with_updates({"train.num_threads": torch.get_num_threads()})
 
 
 def _runtime(cfg: TrialConfig, parent_store: ParentStore | str | Path | None

@@ -41,6 +41,16 @@ from search.space.params import (
 from search.space.validate import check_params
 
 
+def trial_threads(cpus: float) -> int:
+    """The torch threads a trial with ``cpus`` CPUs runs with (one for a fraction of a CPU).
+
+    Why it is written into every trial's config: a trial's numbers depend on its thread count
+    (docs/design.md, "The tail and torch threads"), so the count must travel with the config to
+    its export and retrain, not come from whatever ``OMP_NUM_THREADS`` a Ray worker was given.
+    """
+    return max(1, int(cpus))
+
+
 class SearchSpace(_Strict):
     """A validated search space. Build it with :func:`load_space` or :func:`space_from_dict`,
     which also check the params against TrialConfig."""
@@ -103,6 +113,13 @@ class SearchSpace(_Strict):
             raise ValueError("search.repeats: only the grid sampler repeats points")
         if self.outer is not None:
             self._check_outer(self.outer)
+        if "train.num_threads" in self.params:
+            raise ValueError("params: train.num_threads is set by search.resources.cpus (a trial's "
+                             "numbers depend on its thread count); remove it from params")
+        threads = int(self.base.get("train", {}).get("num_threads", 0) or 0)
+        if threads > trial_threads(s.resources.cpus):
+            raise ValueError(f"base train.num_threads: {threads} threads on {s.resources.cpus:g} CPU(s) per "
+                             f"trial; set search.resources.cpus to {threads} or drop train.num_threads")
         devices = {str(self.base.get("train", {}).get("device", ""))}
         devices |= {str(v) for v in (self.params["train.device"].choice or [])} if "train.device" in self.params else set()
         if "cuda" in devices and s.resources.gpus == 0:
@@ -176,9 +193,13 @@ class SearchSpace(_Strict):
         return len(self.objective) > 1
 
     def base_dict(self) -> dict[str, Any]:
-        """The full base config as a dict: preset (if any) with ``base`` merged over it."""
+        """The full base config as a dict: preset (if any) with ``base`` merged over it, and
+        ``train.num_threads`` 0 (torch's default) made the trial's CPUs (:func:`trial_threads`)."""
         start = PRESETS[self.preset] if self.preset else {}
-        return TrialConfig.from_dict(deep_merge(start, self.base), source="base").to_dict()
+        cfg = TrialConfig.from_dict(deep_merge(start, self.base), source="base").to_dict()
+        if not cfg["train"]["num_threads"]:
+            cfg["train"]["num_threads"] = trial_threads(self.search.resources.cpus)
+        return cfg
 
     def base_config(self) -> TrialConfig:
         return TrialConfig.from_dict(self.base_dict(), source="base")
