@@ -131,14 +131,42 @@ def timeline(t_start: float, t_end: float, intervals: list[tuple[float, float]],
         out["outer -> first trial s"] = max(0.0, first - o_end)
     else:  # no stage, or a streamed one: its parents are trained in the first trials
         out["before work s"] = first - t_start
-    busy = sum(min(e, last) - max(s, first) for s, e in intervals)
     out["trials span s"] = last - first
-    out["idle slot-s in span"] = (last - first) * concurrency - busy
+    out["idle slot-s in span"] = _idle(intervals, first, last, concurrency)
     # the tail: from the moment fewer trials run than there are slots until the end, for good
+    # (the whole span when there are fewer trials than slots, as in in_order_ceiling)
     ends = sorted(e for _, e in intervals)
-    out["tail s"] = last - ends[-concurrency] if len(ends) >= concurrency else 0.0
+    tail_start = ends[-concurrency] if len(ends) >= concurrency else first
+    out["tail s"] = last - tail_start
+    out["idle slot-s in tail"] = _idle(intervals, tail_start, last, concurrency)
     out["after last trial s"] = t_end - last
+    out["first trial at s"] = first - t_start
     return out
+
+
+def _idle(intervals: list[tuple[float, float]], t0: float, t1: float, concurrency: int) -> float:
+    """Slot-seconds no trial uses between ``t0`` and ``t1``."""
+    busy = sum(max(0.0, min(e, t1) - max(s, t0)) for s, e in intervals)
+    return (t1 - t0) * concurrency - busy
+
+
+def slot_budget(wall: float, compute: float, outer_seconds: float, line: dict[str, float],
+                concurrency: int) -> dict[str, float]:
+    """Where a search's ``wall x concurrency`` slot-seconds go, parts that add up to it: trial
+    compute, slots idle before the first trial (less the outer stage's parents, which are
+    compute), results held in ``tune.report``, idle slots between trials, idle slots in the tail,
+    slots idle after the last trial, and what the clocks leave (the driver's wall clock is
+    ``perf_counter``, the trials' epoch seconds)."""
+    parts = {
+        "compute": compute,
+        "before first trial": concurrency * line["first trial at s"] - outer_seconds,
+        "held in report": line["waiting in report slot-s"],
+        "idle between trials": line["idle slot-s in span"] - line["idle slot-s in tail"],
+        "idle in tail": line["idle slot-s in tail"],
+        "after last trial": concurrency * line["after last trial s"],
+    }
+    parts["unaccounted"] = wall * concurrency - sum(parts.values())
+    return parts
 
 
 def trial_breakdowns(layout_root: Path) -> dict[str, dict[str, float]]:
@@ -228,12 +256,14 @@ def snapshot_code(dest: Path) -> Path:
     return dest
 
 
-def warm_up(folder: Path, concurrency: int) -> None:
-    """An untimed search of ``concurrency`` tiny trials before the measured ones.
+def warm_up(folder: Path, storage: Path, concurrency: int) -> None:
+    """An untimed search of ``concurrency`` tiny trials before the measured ones, in their storage.
 
     Why: the first search on a fresh Ray pays for starting worker processes and importing torch,
-    Ray Tune and the trial code in them; without a warm-up that cost lands on whichever side
-    runs first (seen: a 4-trial trimmed run measured reuse 1.5x slower than no reuse).
+    Ray Tune and the trial code in them, and the first search in a storage folder creates its
+    MLflow store (about 1.6 s of schema migrations on 2 cores); without a warm-up those costs land
+    on whichever side runs first (seen: a 4-trial trimmed run measured reuse 1.5x slower than no
+    reuse). ``folder`` holds its space file; the search itself runs in ``storage``.
     """
     from search.run.lifecycle import launch
 
@@ -243,7 +273,7 @@ def warm_up(folder: Path, concurrency: int) -> None:
              "search": {"num_samples": concurrency, "max_concurrent": concurrency, "scheduler": "none"}}
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(space))
-    launch(path, name="warmup", storage=folder, out=lambda line: None)
+    launch(path, name="warmup", storage=storage, out=lambda line: None)
 
 
 def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurrency: int) -> dict[str, Any]:
@@ -277,13 +307,17 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
     line = timeline(wall_start, wall_end, intervals, outer_span, concurrency)
     line["waiting in report slot-s"] = sum(waits.values())
     ceiling, tail = in_order_ceiling([compute[n] for n in sorted(compute)], concurrency)
+    outer_seconds = sum(p.get("seconds", 0.0) for p in outer)
+    total = sum(compute.values()) + outer_seconds
     return {
         "wall": wall,
         "breakdowns": list(breakdowns.values()),
         "timeline": line,
         "ceiling": ceiling,
         "ceiling_tail": tail,
-        "compute": sum(compute.values()) + sum(p.get("seconds", 0.0) for p in outer),
+        "compute": total,
+        "budget": slot_budget(wall, total, outer_seconds, line, concurrency),
+        "imports": sum(b.get("process_imports_seconds", 0.0) for b in breakdowns.values()),
         "trials": len(summaries),
         "outer": len(outer),
         "parents_trained": (sum(s.metrics.get("parent/reused", 0.0) == 0.0 for s in summaries)
@@ -343,7 +377,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     try:
         if not args.no_warmup:
             t0 = time.perf_counter()
-            warm_up(work / "warmup", concurrency)
+            warm_up(work / "warmup", work / "searches", concurrency)
             print(f"  warm-up search (tiny preset, {concurrency} trials): {time.perf_counter() - t0:.1f} s "
                   "(not counted)", flush=True)
         for r in range(args.repeats):
@@ -358,6 +392,10 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 print("      timeline: " + ", ".join(f"{k} {v:.1f}" for k, v in res["timeline"].items()), flush=True)
                 print(f"      the same trials in order with no overhead: utilisation {res['ceiling']:.3f}, "
                       f"tail {res['ceiling_tail']:.1f} s", flush=True)
+                slots = res["wall"] * concurrency
+                print(f"      slot-s ({slots:.1f} = wall x {concurrency}): " + ", ".join(
+                    f"{k} {v:.1f} ({v / slots:.1%})" for k, v in res["budget"].items())
+                    + f"; worker process imports {res['imports']:.1f} of the idle slot-s", flush=True)
     finally:
         ray.shutdown()
         os.chdir(cwd)

@@ -39,3 +39,26 @@ def test_the_in_order_ceiling_is_the_schedule_tune_would_run_with_no_overhead():
     # the last trial starts when the second ends and runs on past the first's end
     util, tail = bench.in_order_ceiling([10.0, 6.0, 8.0], 2)
     assert (round(util, 4), tail) == (round(24 / 28, 4), 4.0)
+
+
+def test_the_timeline_splits_idle_slots_into_between_trials_and_the_tail():
+    bench = load_benchmark("search")
+    # two slots: a 0-10 and b 1-6 side by side, c 7-12 starts a second after b ended; a ends at
+    # 10, so c runs alone from 10 to 12 (the tail); the driver started at -2 and ended at 13
+    line = bench.timeline(-2.0, 13.0, [(0.0, 10.0), (1.0, 6.0), (7.0, 12.0)], None, 2)
+    assert line["before work s"] == 2.0 and line["first trial at s"] == 2.0
+    assert line["trials span s"] == 12.0 and line["after last trial s"] == 1.0
+    assert line["idle slot-s in span"] == 24.0 - 20.0  # 0-1 and 6-7 on b's slot, 10-12 on a's
+    assert (line["tail s"], line["idle slot-s in tail"]) == (2.0, 2.0)
+    line["waiting in report slot-s"] = 0.5
+    budget = bench.slot_budget(15.0, 19.5, 0.0, line, 2)
+    assert budget == {"compute": 19.5, "before first trial": 4.0, "held in report": 0.5,
+                      "idle between trials": 2.0, "idle in tail": 2.0, "after last trial": 2.0,
+                      "unaccounted": 0.0}
+
+
+def test_with_fewer_trials_than_slots_the_whole_span_is_tail_as_in_the_ceiling():
+    bench = load_benchmark("search")
+    line = bench.timeline(0.0, 10.0, [(1.0, 9.0)], None, 2)
+    assert (line["tail s"], line["idle slot-s in tail"]) == (8.0, 8.0)
+    assert bench.in_order_ceiling([8.0], 2) == (0.5, 8.0)
