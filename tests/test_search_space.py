@@ -130,6 +130,8 @@ BAD = [
      "outer.params: 80 parents to train up front (at most 64)"),
     ("more threads than CPUs", {**GOOD, "base": {"train": {"num_threads": 2}}},
      "base train.num_threads: 2 threads on 1 CPU(s) per trial; set search.resources.cpus to 2"),
+    ("thread count not a number", {**GOOD, "base": {"train": {"num_threads": "abc"}}},
+     "train.num_threads: Input should be a valid integer"),
     ("searched thread count", _with("params/train.num_threads", {"choice": [1, 2]}),
      "params: train.num_threads is set by search.resources.cpus"),
 ]

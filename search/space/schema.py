@@ -116,8 +116,8 @@ class SearchSpace(_Strict):
         if "train.num_threads" in self.params:
             raise ValueError("params: train.num_threads is set by search.resources.cpus (a trial's "
                              "numbers depend on its thread count); remove it from params")
-        threads = int(self.base.get("train", {}).get("num_threads", 0) or 0)
-        if threads > trial_threads(s.resources.cpus):
+        threads = self.base.get("train", {}).get("num_threads", 0)  # a non-integer: the base check names it
+        if isinstance(threads, int) and threads > trial_threads(s.resources.cpus):
             raise ValueError(f"base train.num_threads: {threads} threads on {s.resources.cpus:g} CPU(s) per "
                              f"trial; set search.resources.cpus to {threads} or drop train.num_threads")
         devices = {str(self.base.get("train", {}).get("device", ""))}
