@@ -41,6 +41,19 @@ def test_the_in_order_ceiling_is_the_schedule_tune_would_run_with_no_overhead():
     assert (round(util, 4), tail) == (round(24 / 28, 4), 4.0)
 
 
+def test_the_reachable_utilisation_keeps_only_the_slots_start_and_the_waits_in_report():
+    bench = load_benchmark("search")
+    # slots free from their first trials' starts (2 s and 3 s after the launch); trial 1 waits 1 s
+    # in report: a 2-12, b 3-14, c on a 12-22
+    assert bench.in_order_ends([10.0, 11.0, 10.0], 2, [3.0, 2.0]) == [12.0, 14.0, 22.0]
+    assert bench.reachable([10.0, 10.0, 10.0], [0.0, 1.0, 0.0], [2.0, 3.0, 12.5], 2) == 30.0 / 44.0
+    # an outer stage's parents count as compute, as in the measured utilisation
+    assert bench.reachable([10.0, 10.0, 10.0], [0.0, 1.0, 0.0], [2.0, 3.0, 12.5], 2, 4.0) == 34.0 / 44.0
+    # nothing lost at the start and no waits: the ceiling itself
+    ceiling, _ = bench.in_order_ceiling([10.0, 6.0, 8.0], 2)
+    assert bench.reachable([10.0, 6.0, 8.0], [0.0] * 3, [0.0, 0.0, 6.0], 2) == ceiling
+
+
 def test_the_timeline_splits_idle_slots_into_between_trials_and_the_tail():
     bench = load_benchmark("search")
     # two slots: a 0-10 and b 1-6 side by side, c 7-12 starts a second after b ended; a ends at
