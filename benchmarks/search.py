@@ -101,7 +101,7 @@ def trial_intervals(layout_root: Path) -> dict[str, tuple[float, float]]:
 def in_order_ends(seconds: list[float], slots: int, free_at: list[float] | None = None) -> list[float]:
     """Each trial's end when started, in creation order, on the first slot to free up (as Tune
     starts them), taking ``seconds``; the slots free from ``free_at`` (default: all at 0)."""
-    free = sorted(free_at or [])[:slots] + [0.0] * max(0, slots - len(free_at or []))
+    free = (sorted(free_at or []) + [0.0] * slots)[:slots]
     ends = []
     for s in seconds:
         i = min(range(slots), key=free.__getitem__)
@@ -131,7 +131,7 @@ def reachable(compute: list[float], held: list[float], starts: list[float], slot
     plus its seconds inside ``tune.report`` (``held``: where trial-order ASHA holds a result).
     No handover between trials, no driver after the last one. The measured utilisation is below
     it by what the driver and Tune add beyond those two."""
-    ends = in_order_ends([c + h for c, h in zip(compute, held, strict=True)], slots, sorted(starts)[:slots])
+    ends = in_order_ends([c + h for c, h in zip(compute, held, strict=True)], slots, starts)
     span = max(ends, default=0.0)
     return (sum(compute) + outer_seconds) / (slots * span) if span > 0 else 1.0
 
@@ -327,9 +327,10 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
     compute = {name: e - s - waits.get(name, 0.0) for name, (s, e) in by_name.items()}
     line = timeline(wall_start, wall_end, intervals, outer_span, concurrency)
     line["waiting in report slot-s"] = sum(waits.values())
-    ceiling, tail = in_order_ceiling([compute[n] for n in sorted(compute)], concurrency)
+    names = sorted(compute)  # trial_NNNNN: creation order
+    ceiling, tail = in_order_ceiling([compute[n] for n in names], concurrency)
     outer_seconds = sum(p.get("seconds", 0.0) for p in outer)
-    best = reachable([compute[n] for n in sorted(compute)], [waits.get(n, 0.0) for n in sorted(compute)],
+    best = reachable([compute[n] for n in names], [waits.get(n, 0.0) for n in names],
                      [s - wall_start for s, _ in intervals], concurrency, outer_seconds)
     total = sum(compute.values()) + outer_seconds
     return {
