@@ -328,10 +328,11 @@ def one_search(space_file: Path, storage: Path, name: str, reuse: bool, concurre
     line = timeline(wall_start, wall_end, intervals, outer_span, concurrency)
     line["waiting in report slot-s"] = sum(waits.values())
     names = sorted(compute)  # trial_NNNNN: creation order
-    ceiling, tail = in_order_ceiling([compute[n] for n in names], concurrency)
+    in_order = [compute[n] for n in names]
+    ceiling, tail = in_order_ceiling(in_order, concurrency)
     outer_seconds = sum(p.get("seconds", 0.0) for p in outer)
-    best = reachable([compute[n] for n in names], [waits.get(n, 0.0) for n in names],
-                     [s - wall_start for s, _ in intervals], concurrency, outer_seconds)
+    best = reachable(in_order, [waits.get(n, 0.0) for n in names], [s - wall_start for s, _ in intervals],
+                     concurrency, outer_seconds)
     total = sum(compute.values()) + outer_seconds
     return {
         "wall": wall,
