@@ -9,10 +9,10 @@ threshold) makes a collapsed model score exactly 0. Scores are chance-normalised
 from __future__ import annotations
 
 import numpy as np
-from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from compvae.metrics._utils import as_train_test, quiet_convergence, varying_factors
+from compvae.metrics._utils import as_train_test, varying_factors
+from compvae.metrics.probe import probe_accuracy
 
 #: Mean KL (nats) a latent must carry to count as active.
 DEFAULT_ACTIVE_KL = 0.1
@@ -22,10 +22,6 @@ def active_latents(kl_per_latent: np.ndarray, threshold: float = DEFAULT_ACTIVE_
     """Bool (d,): latents whose mean KL to the prior exceeds ``threshold`` nats."""
     kl = np.asarray(kl_per_latent, dtype=np.float64).reshape(-1)
     return np.isfinite(kl) & (kl > threshold)
-
-
-def _probe(random_state: int) -> MLPClassifier:
-    return MLPClassifier((64,), max_iter=300, early_stopping=True, random_state=random_state)
 
 
 def informativeness_per_factor(train_codes: np.ndarray, train_factors: np.ndarray,
@@ -52,7 +48,6 @@ def informativeness_per_factor(train_codes: np.ndarray, train_factors: np.ndarra
         if not keep.any() or chance >= 1.0:
             out[k] = 0.0
             continue
-        with quiet_convergence():
-            acc = _probe(random_state).fit(ztr, ytr[:, k]).score(zte, yte[:, k])
+        acc = probe_accuracy(ztr, ytr[:, k], zte, yte[:, k], hidden=64, max_iter=300, random_state=random_state)
         out[k] = (acc - chance) / (1.0 - chance)
     return out
