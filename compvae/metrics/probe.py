@@ -82,7 +82,7 @@ class _Net:
         g_w1 /= n
         np.divide(np.sum(delta_out, axis=0), n, out=g_b1)
         delta_hidden = delta_out @ self.coefs[1].T
-        delta_hidden[hidden == 0] = 0
+        np.putmask(delta_hidden, hidden == 0, 0)  # ReLU derivative
         np.matmul(x.T, delta_hidden, out=g_w0)
         g_w0 += ALPHA * self.coefs[0]
         g_w0 /= n
