@@ -5,6 +5,8 @@ both alike) and prints its own details; this script calls them in turn and ends 
 
 * trainer: ``Trainer`` images/s over a bare PyTorch loop's (median of paired runs; target >= 0.95);
 * metrics: fast DCI seconds over faithful DCI seconds, and the disentanglement difference;
+* probe: the informativeness probe's seconds over scikit-learn's MLPClassifier's at the final
+  evaluation's size, and whether every score is the same float;
 * threads: the quick child's epoch with 2 torch threads over 1, and whether its weights match
   (why a trial's thread count is part of its config);
 * search:  wall time of the quick search with parent reuse over without (target <= 0.55), and
@@ -36,10 +38,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 FAST = {
     "trainer": "--steps 20 --repeats 5",
     "metrics": "--num-train 3000 --num-test 1500 --faithful-n 1500 --sampling-votes 1000",
+    "probe": "--sizes 1000 3000 --repeats 1",
     "threads": "--num-train 512",
     "search": "--num-samples 4 --parent-epochs 6 --child-epochs 3",
 }
-DEFAULT = {"trainer": "", "metrics": "--faithful-n 3000", "threads": "", "search": ""}
+DEFAULT = {"trainer": "", "metrics": "--faithful-n 3000", "probe": "", "threads": "", "search": ""}
 
 
 def load(name: str) -> ModuleType:
@@ -74,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "metrics" and result:
             rows.append(("metrics", "fast / faithful DCI seconds", result["fast_over_faithful_seconds"], "-"))
             rows.append(("metrics", "DCI disentanglement fast - faithful", result["disentanglement_diff"], "~0"))
+        elif name == "probe":
+            n = max(int(k.rsplit("_", 1)[1]) for k in result if k.startswith("ours_seconds_"))
+            rows.append(("probe", f"probe / MLPClassifier seconds, {n} points", result[f"ours_seconds_{n}"]
+                         / result[f"sklearn_seconds_{n}"], "-"))
+            rows.append(("probe", "scores identical (all sizes)", float(all(
+                v for k, v in result.items() if k.startswith("identical_"))), "1 = same"))
         elif name == "threads":
             rows.append(("threads", "2 threads / 1 thread epoch speed", result["speedup"], "-"))
             rows.append(("threads", "largest weight difference, 2 vs 1", result["max_weight_difference"], "0 = same"))

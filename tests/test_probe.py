@@ -106,3 +106,14 @@ def test_informativeness_equals_the_sklearn_probe() -> None:
     assert got[:3].tolist() == want
     assert np.isnan(got[3])  # a constant factor
     assert got[0] > 0.2 and got[2] > 0.05  # the factors the codes carry are read
+
+
+def test_benchmark_compares_both_probes_on_the_same_codes(capsys) -> None:
+    """benchmarks/probe.py times both sides on the scenes factors and finds every score identical."""
+    from _benchmarks import load_benchmark
+
+    result = load_benchmark("probe").run(["--sizes", "300", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert result["identical_300"] == 1.0
+    assert result["sklearn_seconds_300"] > 0 and result["ours_seconds_300"] > 0
+    assert "scores identical" in out and "14 scenes factors" in out

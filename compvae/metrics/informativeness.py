@@ -8,6 +8,8 @@ threshold) makes a collapsed model score exactly 0. Scores are chance-normalised
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
@@ -27,11 +29,14 @@ def active_latents(kl_per_latent: np.ndarray, threshold: float = DEFAULT_ACTIVE_
 def informativeness_per_factor(train_codes: np.ndarray, train_factors: np.ndarray,
                                test_codes: np.ndarray, test_factors: np.ndarray,
                                active: np.ndarray | None = None,
-                               random_state: int = 0) -> np.ndarray:
+                               random_state: int = 0,
+                               probe: Callable[..., float] = probe_accuracy) -> np.ndarray:
     """(K,) chance-normalised test accuracy of an MLP probe per factor; nan for a constant factor.
 
     ``active`` (bool (d,)) selects the codes the probe may read; with none active every factor
-    scores 0. Chance is the test frequency of the most common training class.
+    scores 0. Chance is the test frequency of the most common training class. ``probe`` fits
+    and scores one factor (as :func:`~compvae.metrics.probe.probe_accuracy`); another one is for
+    comparisons (``benchmarks/probe.py``).
     """
     xtr, ytr, xte, yte = as_train_test(train_codes, train_factors, test_codes, test_factors)
     keep = np.ones(xtr.shape[1], bool) if active is None else np.asarray(active, bool).reshape(-1)
@@ -48,6 +53,6 @@ def informativeness_per_factor(train_codes: np.ndarray, train_factors: np.ndarra
         if not keep.any() or chance >= 1.0:
             out[k] = 0.0
             continue
-        acc = probe_accuracy(ztr, ytr[:, k], zte, yte[:, k], hidden=64, max_iter=300, random_state=random_state)
+        acc = probe(ztr, ytr[:, k], zte, yte[:, k], hidden=64, max_iter=300, random_state=random_state)
         out[k] = (acc - chance) / (1.0 - chance)
     return out
