@@ -39,6 +39,8 @@ class _Net:
             coef[...] = rs.uniform(-bound, bound, (fan_in, fan_out))
             intercept[...] = rs.uniform(-bound, bound, fan_out)
         self.binary = binary
+        self.grad = np.empty_like(self.theta)  # the batch gradient, laid out as ``theta``
+        self.grad_coefs, self.grad_intercepts = self.views(self.grad)
 
     def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         coefs, intercepts, at = [], [], 0
@@ -71,10 +73,11 @@ class _Net:
         prob = self.forward(x)[1]
         return (prob.ravel() > 0.5).astype(int) if self.binary else prob.argmax(axis=1)
 
-    def gradient(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Gradient of the batch's mean log-loss plus the L2 penalty, written into ``out`` (flat)."""
+    def gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Gradient of the batch's mean log-loss plus the L2 penalty, written into ``self.grad``."""
         n = x.shape[0]
-        (g_w0, g_w1), (g_b0, g_b1) = self.views(out)
+        g_w0, g_w1 = self.grad_coefs
+        g_b0, g_b1 = self.grad_intercepts
         hidden, prob = self.forward(x)
         delta_out = prob - y
         np.matmul(hidden.T, delta_out, out=g_w1)
@@ -87,7 +90,7 @@ class _Net:
         g_w0 += ALPHA * self.coefs[0]
         g_w0 /= n
         np.divide(np.sum(delta_hidden, axis=0), n, out=g_b0)
-        return out
+        return self.grad
 
 
 class _Adam:
@@ -124,7 +127,6 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     net = _Net(rs, [x_train.shape[1], hidden, y_bin.shape[1]], binary=len(classes) == 2)
     best = net.theta.copy()
     adam = _Adam(net.theta)
-    grad = np.empty_like(net.theta)
 
     # the reference stratifies the validation split only with one output column (two classes)
     stratify = y_bin if y_bin.shape[1] == 1 else None
@@ -142,7 +144,7 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
         order = order[perm]
         for start in range(0, n, batch):  # sklearn.utils.gen_batches(n, batch), unchecked
             idx = order[start : start + batch]
-            adam.step(net.gradient(x_fit[idx], y_fit[idx], grad))
+            adam.step(net.gradient(x_fit[idx], y_fit[idx]))
         score = float(np.mean(classes[net.predict(x_val)] == y_val))
         stale = stale + 1 if score < best_score + TOL else 0
         if score > best_score:
