@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,25 +25,13 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import numpy as np  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.neural_network import MLPClassifier  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from compvae.data import get_dataset  # noqa: E402
 from compvae.metrics.informativeness import informativeness_per_factor  # noqa: E402
-from compvae.metrics.probe import probe_accuracy  # noqa: E402
+from compvae.metrics.probe import probe_accuracy, reference_accuracy  # noqa: E402
 
-
-def sklearn_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                  hidden: int = 64, max_iter: int = 300, random_state: int = 0) -> float:
-    """The reference: the estimator the probe is defined by."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = MLPClassifier((hidden,), max_iter=max_iter, early_stopping=True, random_state=random_state)
-        return float(clf.fit(x_train, y_train).score(x_test, y_test))
-
-
-PROBES = {"sklearn": sklearn_probe, "ours": probe_accuracy}
+PROBES = {"sklearn": reference_accuracy, "ours": probe_accuracy}
 
 
 def codes_of(factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:

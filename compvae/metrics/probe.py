@@ -156,3 +156,16 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     if not np.isfinite(net.theta).all():
         raise ValueError("the probe's weights diverged (non-finite); the codes need standardising")
     return float(np.mean(classes[net.predict(x_test)] == np.asarray(y_test)))
+
+
+def reference_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                       hidden: int = 64, max_iter: int = 300, random_state: int = 0) -> float:
+    """The same score from the estimator the probe is defined by (for checks and comparisons:
+    ``tests/test_probe.py``, ``benchmarks/probe.py``); imported here only when called."""
+    from sklearn.neural_network import MLPClassifier
+
+    from compvae.metrics._utils import quiet_convergence
+
+    with quiet_convergence():
+        clf = MLPClassifier((hidden,), max_iter=max_iter, early_stopping=True, random_state=random_state)
+        return float(clf.fit(x_train, y_train).score(x_test, y_test))
