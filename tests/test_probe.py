@@ -102,6 +102,7 @@ def test_benchmark_compares_both_probes_on_the_same_codes(capsys) -> None:
 
     result = load_benchmark("probe").run(["--sizes", "300", "--repeats", "1"])
     out = capsys.readouterr().out
-    assert result["identical_300"] == 1.0
+    assert result["identical_300"] == 1.0 and result["identical"] == 1.0
+    assert result["ratio"] == result["ours_seconds_300"] / result["sklearn_seconds_300"]
     assert result["sklearn_seconds_300"] > 0 and result["ours_seconds_300"] > 0
     assert "scores identical" in out and "14 scenes factors" in out
