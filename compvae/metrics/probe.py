@@ -15,6 +15,8 @@ from scipy.special import expit
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 
+from compvae.metrics._utils import quiet_convergence
+
 # MLPClassifier's defaults, the probe's definition
 ALPHA = 1e-4
 LEARNING_RATE = 1e-3
@@ -163,8 +165,6 @@ def reference_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     """The same score from the estimator the probe is defined by (for checks and comparisons:
     ``tests/test_probe.py``, ``benchmarks/probe.py``); imported here only when called."""
     from sklearn.neural_network import MLPClassifier
-
-    from compvae.metrics._utils import quiet_convergence
 
     with quiet_convergence():
         clf = MLPClassifier((hidden,), max_iter=max_iter, early_stopping=True, random_state=random_state)
