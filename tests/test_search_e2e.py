@@ -33,9 +33,9 @@ from search.space import load_space
 from search.tracking.callback import PARENT_HASH_PARAM
 from search.tracking.client import TRIAL_ID_TAG
 
-# trial_00000 (Optuna trial 0) of the search named e2e-multi raises once after its first epoch
-# (see trainable).
-FAULT = "e2e-multi/trial_00000@1"
+# In the search named e2e-multi (see trainable): trial_00000 (Optuna trial 0) raises once after
+# its first epoch; trial_00003 after its last epoch's checkpoint, before its outputs exist.
+FAULT = "e2e-multi/trial_00000@1,e2e-multi/trial_00003@2"
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +240,13 @@ def test_multi_objective_grid_failures_and_retry(ray_local, write_space, tmp_pat
     first = summaries["trial_00000"]
     assert first.status == COMPLETED and first.retries == 1
     assert [a["resumed_from_epoch"] for a in _attempts(layout, "trial_00000")] == [0, 1]
+    # trial_00003 died between its last epoch's checkpoint and its outputs: the retry trains no
+    # epoch, writes the outputs and still ends COMPLETED with its final result
+    last = summaries["trial_00003"]
+    assert last.status == COMPLETED and last.retries == 1 and last.epoch == 2
+    assert [a["resumed_from_epoch"] for a in _attempts(layout, "trial_00003")] == [0, 2]
+    saved = json.loads((layout.trial_dir("trial_00003") / "metrics.json").read_text())
+    assert saved["epoch"] == 2 and last.metrics["child/mig"] == saved["child/mig"]
 
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
     assert len(study.directions) == 2

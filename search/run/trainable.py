@@ -6,8 +6,9 @@ so Tune never deletes state a snapshot still needs (docs/design.md, The trainabl
 Each start appends a line to ``trials/<trial>/attempts.jsonl`` (time, Tune trial id, resumed-from
 epoch, host, pid, Ray node id), so retries, resumes and where each attempt ran are visible.
 
-Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>`` in the Ray workers' environment
-makes that trial raise once, right after reporting that epoch, on its first attempt only.
+Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>[,...]`` in the Ray workers'
+environment makes each named trial raise once, right after that epoch's checkpoint and report, on
+its first attempt only. At the last epoch that is before the outputs are written (and reported).
 """
 
 from __future__ import annotations
@@ -106,11 +107,11 @@ def trial_name_of(trial_id: str) -> str:
 
 
 def _fault_epoch(search: str, name: str) -> int | None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if "@" not in spec:
-        return None
-    target, epoch = spec.rsplit("@", 1)
-    return int(epoch) if target == f"{search}/{name}" else None
+    for spec in os.environ.get(FAULT_ENV, "").split(","):
+        target, _, epoch = spec.strip().rpartition("@")
+        if target == f"{search}/{name}":
+            return int(epoch)
+    return None
 
 
 def _set_aside_lost_trial(layout: SearchLayout, out_dir: Path, trial_id: str) -> None:
@@ -206,13 +207,9 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         if marker_epoch < epoch <= resumed_from and epoch < cfg.child.epochs:
             send(past, epoch)
 
-    final: list[tuple[dict[str, float], int]] = []
-
     def report(metrics: dict[str, float], epoch: int) -> None:
-        if epoch >= cfg.child.epochs:
-            final.append((dict(metrics), epoch))  # sent once the outputs are written, see below
-            return
-        send(metrics, epoch)
+        if epoch < cfg.child.epochs:  # the last epoch's result is run_trial's, sent below
+            send(metrics, epoch)
         if fault_at is not None and epoch == fault_at:
             raise InjectedFault(f"injected fault after epoch {epoch} ({FAULT_ENV})")
 
@@ -224,8 +221,8 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
             timer = PhaseTimer()
             timer.process_imports = imports
             timer.add("startup", time.perf_counter() - t_start, time.thread_time() - c_start)
-            run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir, parent_store=store, progress=False,
-                      timer=timer, data_cache=layout.data_dir if reuse_parents else None)
+            result = run_trial(cfg, report=report, checkpoint_dir=state, out_dir=out_dir, parent_store=store,
+                               progress=False, timer=timer, data_cache=layout.data_dir if reuse_parents else None)
         except TrialFailed as exc:
             # Caused by the knobs (empty mask, divergence): tell the driver before raising, so
             # Tune ends the trial FAILED instead of retrying it into the same failure.
@@ -239,8 +236,9 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         # The last epoch is reported only now, after run_trial wrote metrics.json, figures and
         # weights: Tune may stop a trial on any result (an ASHA rung can fall on the last epoch),
         # which would otherwise kill it mid-write; and a restore after the outputs exist finds
-        # the trial `already_finished`.
-        for metrics, epoch in final:
-            send(metrics, epoch)
+        # the trial `already_finished`. It is run_trial's result, not a report: an attempt that
+        # resumes from a checkpoint of the last epoch (its predecessor died writing the outputs)
+        # trains no epoch and so reports none, yet must end with its final result.
+        send(result, cfg.child.epochs)
     finally:
         shutil.rmtree(marker, ignore_errors=True)
