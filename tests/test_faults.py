@@ -194,6 +194,7 @@ def test_mlflow_server_lost_mid_search_buffers_and_report_sends(tmp_path, free_p
 
 
 # ---- the driver killed with SIGKILL, then `resume` ----------------------------------------------------
+@pytest.mark.slow  # ~50 s; the main suite keeps Ctrl-C and a killed trial process
 def test_driver_sigkill_then_resume_every_trial_once_everywhere(tmp_path):
     """Stricter than the e2e SIGKILL test: the CLI both times, and every store checked by
     :func:`_check_stores` (one Tune trial, one Optuna trial, one MLflow run per trial)."""
@@ -223,6 +224,7 @@ def test_driver_sigkill_then_resume_every_trial_once_everywhere(tmp_path):
 
 
 # ---- Ctrl-C while the outer level trains its parents ---------------------------------------------
+@pytest.mark.slow  # ~2 min: two 40-epoch parents, two driver start-ups, one parent again
 def test_ctrl_c_during_the_outer_level_then_resume_loses_no_parent_work(tmp_path):
     """Interrupted mid-parent, the stage leaves that parent's partial trainer state in the store;
     resume trains only what is missing, continues the partial parent from its last epoch, and
