@@ -34,8 +34,10 @@ from search.tracking.callback import PARENT_HASH_PARAM
 from search.tracking.client import TRIAL_ID_TAG
 
 # In the search named e2e-multi (see trainable): trial_00000 (Optuna trial 0) raises once after
-# its first epoch; trial_00003 after its last epoch's checkpoint, before its outputs exist.
-FAULT = "e2e-multi/trial_00000@1,e2e-multi/trial_00003@2"
+# its first epoch; trial_00003 after its last epoch's checkpoint, before its outputs exist. In
+# e2e-single, trial_00000 (first at every rung in trial order, so never cut) raises once after its
+# outputs exist, before its final result reaches the driver.
+FAULT = "e2e-multi/trial_00000@1,e2e-multi/trial_00003@2,e2e-single/trial_00000@outputs"
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +125,24 @@ def test_single_objective_search_tune_optuna_mlflow(single_search, capsys):
     assert {s.status for s in summaries} <= {COMPLETED, STOPPED}
     completed = [s for s in summaries if s.status == COMPLETED]
     assert completed and all(s.epoch == 2 and "child/mig" in s.metrics for s in completed)
+    # trial_00000 died after writing its outputs: the retry found them and sent the same final
+    # result the first attempt's run_trial returned (metrics.json and the timings.json entries)
+    first = summaries[0]
+    assert first.status == COMPLETED and first.retries == 1
+    assert [a["already_finished"] for a in _attempts(layout, first.name)] == [False, True]
+    out = layout.trial_dir(first.name)
+    timings = json.loads((out / "timings.json").read_text())
+    sent = {**json.loads((out / "metrics.json").read_text()),
+            **{k: v for k, v in timings.items() if not k.startswith("breakdown/")}}
+    assert {"trial_seconds", "child/epoch_seconds"} <= set(sent)
 
     # Tune: every trial terminated; its last reported epoch is the summary's
     analysis = ExperimentAnalysis(str(layout.tune_dir))
     assert len(analysis.trials) == 4
     assert {t.status for t in analysis.trials} == {"TERMINATED"}
     assert {t.trial_id: int(t.last_result["epoch"]) for t in analysis.trials} == {s.trial_id: s.epoch for s in summaries}
+    last = next(t.last_result for t in analysis.trials if t.trial_id == first.trial_id)
+    assert {k: last[k] for k in sent} == sent
 
     # Optuna: durable study, complete trials COMPLETE with the objective, ASHA-cut ones PRUNED
     study = optuna.load_study(study_name=state.study_name, storage=state.optuna_url)
@@ -150,6 +164,10 @@ def test_single_objective_search_tune_optuna_mlflow(single_search, capsys):
     arts = _artifacts(client, parent.info.run_id)
     assert {"space.yaml", "report/trials.csv", "report/objective_history.png", "export/best.yaml"} <= arts, arts
     _assert_runs_consistent(state, summaries)
+    run = {r.info.run_name: r for r in _nested_runs(state)}[first.name]
+    assert run.data.tags["retries"] == "1" and "after the outputs" in run.data.tags["last_error"]
+    history = client.get_metric_history(run.info.run_id, "child/epoch_seconds")
+    assert [(m.step, m.value) for m in history][-1] == (2, sent["child/epoch_seconds"])
     assert Path(state.mlflow_uri.removeprefix("sqlite:///")).is_file()
 
 

@@ -15,7 +15,7 @@ from compvae.cli import main as cli_main
 from compvae.config import ChildConfig, TrialConfig, preset
 from compvae.masks import EmptyMaskError
 from compvae.training import Trainer
-from compvae.trial import run_trial, split_timings
+from compvae.trial import read_result, run_trial, split_timings
 
 
 def tiny(**updates):
@@ -41,6 +41,8 @@ def test_every_masking_mode_trains_reports_and_evaluates(mode, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["child/recon_error"] == pytest.approx(metrics["child/recon_error"])
     assert "trial_seconds" not in saved  # timings live in timings.json
+    # what a restart that finds the outputs sends (search/run/trainable.py): the same result
+    assert read_result(tmp_path) == metrics and "child/epoch_seconds" in metrics
     assert {p.name for p in (tmp_path / "figures").glob("*.png")} >= {
         "mask_pipeline.png", "parent_traversal.png", "child_traversal.png", "child_reconstructions.png"}
 

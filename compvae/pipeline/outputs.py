@@ -24,6 +24,7 @@ from compvae.pipeline.state import (
     PARENT_WEIGHTS,
     TIMINGS_FILE,
 )
+from compvae.pipeline.timing import PREFIX as BREAKDOWN_PREFIX
 from compvae.pipeline.timing import PhaseTimer
 from compvae.progress import Progress
 
@@ -60,6 +61,16 @@ def write_outputs(out: Path, cfg: TrialConfig, data: TrialData, parent: VAE, chi
     atomic_write_text(out / CONFIG_FILE, cfg.to_yaml())
     atomic_write_text(out / METRICS_FILE, json.dumps(values, indent=2, sort_keys=True))  # last: marks done
     prog.write(f"wrote  {out}")
+
+
+def read_result(out: Path) -> dict[str, float]:
+    """A finished trial's result as :func:`run_trial` returned it, from its outputs: metrics.json
+    and the timing entries of ``timings.json`` (not its breakdown), so a restart that finds the
+    outputs sends the same keys as the attempt that wrote them."""
+    out = Path(out)
+    timings = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).is_file() else {}
+    return {**json.loads((out / METRICS_FILE).read_text()),
+            **{k: v for k, v in timings.items() if not k.startswith(BREAKDOWN_PREFIX)}}
 
 
 def write_timings(out: Path, metrics: dict[str, float], timer: PhaseTimer) -> None:

@@ -8,7 +8,8 @@ epoch, host, pid, Ray node id), so retries, resumes and where each attempt ran a
 
 Test hook: ``COMPVAE_SEARCH_FAULT=<search name>/<trial name>@<epoch>[,...]`` in the Ray workers'
 environment makes each named trial raise once, right after that epoch's checkpoint and report, on
-its first attempt only. At the last epoch that is before the outputs are written (and reported).
+its first attempt only. At the last epoch that is before the outputs are written (and reported);
+``@outputs`` raises after the outputs are written, before the final result is sent.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from search.analysis.results import FINAL_FAILURE
 from search.layout import SearchLayout
 
 FAULT_ENV = "COMPVAE_SEARCH_FAULT"
+FAULT_AFTER_OUTPUTS = "outputs"  # the hook's "epoch" for the window after the outputs exist
 EPOCH_FILE = "tune_epoch.json"
 PARENT_HISTORY = "parent_history.json"  # compvae.pipeline.state.PARENT_HISTORY
 
@@ -106,11 +108,12 @@ def trial_name_of(trial_id: str) -> str:
     return _NAMES.get(str(trial_id), str(trial_id))
 
 
-def _fault_epoch(search: str, name: str) -> int | None:
+def _fault_epoch(search: str, name: str) -> int | str | None:
+    """The test hook's fault point for this trial: an epoch, :data:`FAULT_AFTER_OUTPUTS` or none."""
     for spec in os.environ.get(FAULT_ENV, "").split(","):
         target, _, epoch = spec.strip().rpartition("@")
         if target == f"{search}/{name}":
-            return int(epoch)
+            return epoch if epoch == FAULT_AFTER_OUTPUTS else int(epoch)
     return None
 
 
@@ -146,6 +149,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     from compvae.pipeline.timing import PhaseTimer
     from compvae.trial import (  # torch and friends: import in the worker only
         epoch_history,
+        read_result,
         run_trial,
     )
 
@@ -168,7 +172,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
     saved_metrics = state / "child_metrics.json"
     # Finished already: the driver died after the trial's outputs (metrics.json is written
     # last) but before Tune saved the experiment state. Nothing to redo: send the final result
-    # again so Tune's results hold it.
+    # again, read from the outputs (the same keys run_trial returned), so Tune's results hold it.
     finished = (out_dir / "metrics.json").is_file()
     resumed_from = 0
     if finished:
@@ -189,7 +193,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
 
     if finished:
         try:
-            send(json.loads((out_dir / "metrics.json").read_text()), cfg.child.epochs)
+            send(read_result(out_dir), cfg.child.epochs)
         finally:
             shutil.rmtree(marker, ignore_errors=True)
         return
@@ -233,6 +237,8 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         if (state / PARENT_HISTORY).is_file():
             shutil.copyfile(state / PARENT_HISTORY, out_dir / PARENT_HISTORY)
         shutil.rmtree(state, ignore_errors=True)
+        if fault_at == FAULT_AFTER_OUTPUTS:
+            raise InjectedFault(f"injected fault after the outputs ({FAULT_ENV})")
         # The last epoch is reported only now, after run_trial wrote metrics.json, figures and
         # weights: Tune may stop a trial on any result (an ASHA rung can fall on the last epoch),
         # which would otherwise kill it mid-write; and a restore after the outputs exist finds
