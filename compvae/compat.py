@@ -114,6 +114,29 @@ def tune_stop_retries(trial: Any) -> None:
     trial.max_failures = 0
 
 
+def tune_json_logger() -> Any:
+    """Tune's JSON logger (``result.json``, which Tune's own tools read), restoring a restarted
+    trial's file from storage only when this driver has none. Tune's ``_restore_from_remote``
+    copies storage over the driver's file on every restart: on a retry in the same driver that
+    copy is older than the file (results since the last sync lost) or absent (a warning)."""
+    import ray
+    from ray.tune.logger import JsonLoggerCallback
+
+    _check("ray", ray.__version__, RAY_TESTED, "LoggerCallback._restore_from_remote")
+    if not callable(getattr(JsonLoggerCallback, "_restore_from_remote", None)):
+        raise RuntimeError(f"ray {ray.__version__}: Tune's JsonLoggerCallback has no _restore_from_remote; "
+                           "check compvae/compat.py for this release")
+
+    class DriverFirstJsonLogger(JsonLoggerCallback):
+        def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+            from pathlib import Path
+
+            if not Path(trial.local_path, file_name).is_file():  # a resumed driver: storage has it
+                super()._restore_from_remote(file_name, trial)
+
+    return DriverFirstJsonLogger()
+
+
 def tune_resume_held_trial(controller: Any, trial: Any) -> None:
     """Send the next ``train()`` to a trial its scheduler answered ``NOOP`` (held, no future in
     flight): Tune has no public call for it, so the wrapped controller's ``_tune_controller`` and

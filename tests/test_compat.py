@@ -70,6 +70,47 @@ def test_tune_stop_retries():
         compat.tune_stop_retries(object())
 
 
+def test_tune_json_logger_keeps_the_drivers_file_and_restores_a_missing_one(tmp_path):
+    """A retry in the same driver keeps its result.json (Tune's own restore copies storage over
+    it: an older file, or a warning when storage has none); a resumed driver gets storage's."""
+    import logging
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+    from ray.tune.logger import JsonLoggerCallback
+
+    def trial(local: Path, remote: Path):
+        local.mkdir(parents=True, exist_ok=True)
+        remote.mkdir(parents=True, exist_ok=True)
+        storage = SimpleNamespace(trial_fs_path=str(remote), storage_filesystem=pyarrow.fs.LocalFileSystem())
+        return SimpleNamespace(checkpoint=True, local_path=str(local), storage=storage)
+
+    logger = compat.tune_json_logger()
+    assert isinstance(logger, JsonLoggerCallback)
+    same = trial(tmp_path / "driver", tmp_path / "storage")
+    (tmp_path / "driver" / "result.json").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (tmp_path / "storage" / "result.json").write_text('{"epoch": 1}\n')  # synced before epoch 2
+    logger._restore_from_remote("result.json", same)
+    assert (tmp_path / "driver" / "result.json").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    JsonLoggerCallback()._restore_from_remote("result.json", same)  # what Tune alone does
+    assert (tmp_path / "driver" / "result.json").read_text() == '{"epoch": 1}\n'
+
+    resumed = trial(tmp_path / "new-driver", tmp_path / "storage")
+    logger._restore_from_remote("result.json", resumed)
+    assert (tmp_path / "new-driver" / "result.json").read_text() == '{"epoch": 1}\n'
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    tune_log = logging.getLogger("ray.tune.logger.logger")  # Ray's loggers do not propagate
+    tune_log.addHandler(handler)
+    try:
+        logger._restore_from_remote("result.json", trial(tmp_path / "d2", tmp_path / "empty"))
+    finally:
+        tune_log.removeHandler(handler)
+    assert any("Remote file not found" in m for m in said)  # neither has it: a real loss, still said
+
+
 def test_tune_resume_held_trial_reaches_the_controllers_train_call():
     """Schedulers get Tune's controller wrapped; the resume must reach the real one's call."""
     from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController

@@ -47,8 +47,8 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extr
     """The search's Tuner; ``extra_callbacks`` (Tune callbacks) run after the search's own.
     ``gate_outer``: the outer stage is streamed, so a pinned trial waits for its parent."""
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
+    from compvae.compat import tune_json_logger
     from search.run.console import ConsoleCallback
     from search.run.gate import ParentGate
     from search.run.guard import ObjectiveGuard
@@ -87,7 +87,7 @@ def new_tuner(space: SearchSpace, layout: SearchLayout, state: SearchState, extr
         run_config=tune.RunConfig(
             name=layout.tune_dir.name,
             storage_path=str(layout.root),
-            callbacks=[summaries, tracking, console, JsonLoggerCallback(), *extra_callbacks],
+            callbacks=[summaries, tracking, console, tune_json_logger(), *extra_callbacks],
             stop=ObjectiveGuard(str(layout.root), space.metrics, base_epochs),
             failure_config=tune.FailureConfig(max_failures=space.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # epoch markers: see trainable.py
