@@ -119,6 +119,8 @@ def tune_json_logger() -> Any:
     trial's file from storage only when this driver has none. Tune's ``_restore_from_remote``
     copies storage over the driver's file on every restart: on a retry in the same driver that
     copy is older than the file (results since the last sync lost) or absent (a warning)."""
+    from pathlib import Path
+
     import ray
     from ray.tune.logger import JsonLoggerCallback
 
@@ -129,8 +131,6 @@ def tune_json_logger() -> Any:
 
     class DriverFirstJsonLogger(JsonLoggerCallback):
         def _restore_from_remote(self, file_name: str, trial: Any) -> None:
-            from pathlib import Path
-
             if not Path(trial.local_path, file_name).is_file():  # a resumed driver: storage has it
                 super()._restore_from_remote(file_name, trial)
 

@@ -108,7 +108,7 @@ def trial_name_of(trial_id: str) -> str:
     return _NAMES.get(str(trial_id), str(trial_id))
 
 
-def _fault_epoch(search: str, name: str) -> int | str | None:
+def _fault_point(search: str, name: str) -> int | str | None:
     """The test hook's fault point for this trial: an epoch, :data:`FAULT_AFTER_OUTPUTS` or none."""
     for spec in os.environ.get(FAULT_ENV, "").split(","):
         target, _, epoch = spec.strip().rpartition("@")
@@ -197,7 +197,7 @@ def trial_fn(config: dict[str, Any], base: dict[str, Any], root: str, reuse_pare
         finally:
             shutil.rmtree(marker, ignore_errors=True)
         return
-    fault_at = _fault_epoch(layout.name, name) if first_attempt else None
+    fault_at = _fault_point(layout.name, name) if first_attempt else None
     # Epochs the state holds beyond Tune's last marker were reported by an attempt whose driver
     # may have died before logging them: report them again (the tracker skips epochs it has).
     marker_epoch = 0
